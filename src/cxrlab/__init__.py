@@ -1,0 +1,1 @@
+"""cxrlab: chest X-ray classification."""

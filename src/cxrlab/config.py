@@ -1,0 +1,61 @@
+"""Checks of a composed config that must fail before any work, naming the key and the choices."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from cxrlab.data.augment import AugmentConfig
+from cxrlab.data.datamodule import BAD_FILE_POLICIES, SOURCES, SPLIT_POLICIES
+from cxrlab.data.preprocess import PreprocessSpec
+from cxrlab.data.selection import check_ratios
+from cxrlab.models.backbones import check_backbone
+from cxrlab.models.losses import LOSSES
+from cxrlab.models.module import OPTIMIZERS, SCHEDULERS
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _choice(value, allowed, key: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed: use one of {list(allowed)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    try:
+        data, model = cfg.data, cfg.model
+        _choice(data.source.name, SOURCES, "data.source.name")
+        _choice(data.split.policy, SPLIT_POLICIES, "data.split.policy")
+        _choice(data.on_bad_file, BAD_FILE_POLICIES, "data.on_bad_file")
+        _choice(data.task, ("binary", "multiclass"), "data.task")
+        check_ratios(OmegaConf.to_container(data.split.ratios, resolve=True))
+        PreprocessSpec(**OmegaConf.to_container(data.preprocess, resolve=True))
+        if data.dataset_size is not None and int(data.dataset_size) <= 0:
+            raise ConfigError(
+                f"data.dataset_size={data.dataset_size}: use a positive number or null"
+            )
+        check_backbone(model.backbone)
+        _choice(model.loss.name, LOSSES, "model.loss.name")
+        _choice(model.optimizer.name, OPTIMIZERS, "model.optimizer.name")
+        _choice(model.scheduler.name, SCHEDULERS, "model.scheduler.name")
+        _choice(str(model.pretrained).lower(), ("auto", "true", "false"), "model.pretrained")
+        if not 0 <= float(model.dropout) < 1:
+            raise ConfigError(f"model.dropout={model.dropout}: use a value in [0, 1)")
+        if float(model.optimizer.lr) <= 0:
+            raise ConfigError(f"model.optimizer.lr={model.optimizer.lr}: must be > 0")
+        aug = {
+            k: v
+            for k, v in OmegaConf.to_container(cfg.augment, resolve=True).items()
+            if k != "device"
+        }
+        AugmentConfig(**aug)
+        if cfg.get("optimized_metric") and not str(cfg.optimized_metric).startswith("val/"):
+            raise ConfigError(
+                f"optimized_metric={cfg.optimized_metric!r}: choose a validation "
+                "metric (val/...); test metrics must not steer training"
+            )
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from e

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from cxrlab.data.augment import AugmentConfig, BatchAugment, preview
+
+FULL = AugmentConfig(
+    rotation=15,
+    scaling=0.1,
+    shear=5,
+    translation=0.1,
+    horizontal_flip=0.5,
+    vertical_flip=0.5,
+    crop_scale=0.8,
+    brightness=0.1,
+    contrast=0.2,
+    gamma=0.2,
+    noise=0.03,
+)
+
+
+def batch(n=8, size=48, dtype=torch.float32):
+    torch.manual_seed(0)
+    x = torch.rand(n, 1, size, size, dtype=dtype)
+    return x
+
+
+def test_all_zero_ranges_is_exactly_the_input():
+    x = batch()
+    assert torch.equal(BatchAugment(AugmentConfig())(x), x)
+
+
+def test_each_sample_gets_its_own_parameters():
+    x = batch(1).repeat(8, 1, 1, 1)  # eight copies of one image
+    y = BatchAugment(FULL)(x)
+    diffs = [(y[i] - y[j]).abs().mean().item() for i in range(8) for j in range(i + 1, 8)]
+    assert min(diffs) > 1e-3  # no two copies came out the same
+
+
+def test_range_shape_dtype_and_device_follow_the_input():
+    for dtype in (torch.float32, torch.float64):
+        x = batch(dtype=dtype)
+        y = BatchAugment(FULL)(x)
+        assert y.dtype == dtype and y.shape == x.shape and y.device == x.device
+        assert y.min() >= 0 and y.max() <= 1
+
+
+def test_reproducible_under_a_seed():
+    x = batch()
+    torch.manual_seed(7)
+    a = BatchAugment(FULL)(x)
+    torch.manual_seed(7)
+    b = BatchAugment(FULL)(x)
+    assert torch.equal(a, b)
+
+
+def test_horizontal_flip_alone_mirrors_exactly_some_samples():
+    x = batch(32)
+    y = BatchAugment(AugmentConfig(horizontal_flip=0.5))(x)
+    flipped = [torch.allclose(y[i], x[i].flip(-1), atol=1e-5) for i in range(32)]
+    same = [torch.allclose(y[i], x[i], atol=1e-5) for i in range(32)]
+    assert all(f or s for f, s in zip(flipped, same))
+    assert 4 < sum(flipped) < 28
+
+
+def test_rejects_uint8_and_bad_values():
+    with pytest.raises(TypeError):
+        BatchAugment(FULL)(torch.zeros(1, 1, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="augment.rotation"):
+        AugmentConfig(rotation=-1)
+    with pytest.raises(ValueError, match="augment.horizontal_flip"):
+        AugmentConfig(horizontal_flip=2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_the_gpu():
+    x = batch().cuda().half()
+    y = BatchAugment(FULL)(x)
+    assert y.is_cuda and y.dtype == torch.float16
+
+
+def test_preview_writes_a_grid(tmp_path):
+    import cv2
+
+    out = preview(str(tmp_path / "grid.png"), FULL, n=3, size=64)
+    img = cv2.imread(out, 0)
+    assert img.shape == (4 * 64, 4 * 64)

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+from conftest import CONFIGS, compose_train
+from omegaconf import OmegaConf
+
+from cxrlab.config import ConfigError, validate
+
+
+def options(group):
+    return sorted(
+        p.stem
+        for p in (CONFIGS / group).glob("*.yaml")
+        if p.stem != "default" or group in ("trainer", "callbacks", "paths", "hydra", "debug")
+    )
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_and_validates(experiment, tmp_path):
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    validate(cfg)
+    OmegaConf.to_container(cfg.data, resolve=True)  # every interpolation resolves
+
+
+@pytest.mark.parametrize(
+    "group", ["data", "model", "augment", "trainer", "logger", "callbacks", "debug"]
+)
+def test_every_option_of_every_group_composes(group, tmp_path):
+    for option in options(group):
+        cfg = compose_train([f"{group}={option}"], tmp_path)
+        validate(cfg)
+        OmegaConf.to_container(cfg.get(group, cfg), resolve=True)
+
+
+def test_template_is_the_original_systems_recipe(tmp_path):
+    cfg = compose_train(["experiment=template"], tmp_path)
+    assert cfg.model.backbone == "densenet121_xrv"
+    assert cfg.model.optimizer.name == "adam" and cfg.model.optimizer.amsgrad is True
+    assert cfg.data.batch_size == 32 and cfg.data.dataset_size == 640
+    assert dict(cfg.data.split.ratios) == {"train": 0.6, "val": 0.2, "test": 0.2}
+    assert "early_stopping" in cfg.callbacks
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.backbone=vgg", "model.backbone"),
+        ("model.optimizer.name=lbfgs", "model.optimizer.name"),
+        ("model.scheduler.name=step", "model.scheduler.name"),
+        ("data.task=regression", "data.task"),
+        ("data.preprocess.aspect=stretch", "data.preprocess.aspect"),
+        ("augment.rotation=-3", "augment.rotation"),
+        ("data.split.ratios.val=0.3", "data.split.ratios"),
+        ("optimized_metric=test/auroc", "optimized_metric"),
+        ("data.on_bad_file=ignore", "data.on_bad_file"),
+    ],
+)
+def test_bad_values_name_the_key(override, key, tmp_path):
+    cfg = compose_train([override], tmp_path)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_paths_are_inside_the_repository_by_default():
+    cfg = compose_train([])
+    assert Path(cfg.paths.data_dir).name == "data"

@@ -1,0 +1,137 @@
+"""train.py end to end, as a user runs it (a subprocess per run), on a tiny phantom."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        HYDRA_FULL_ERROR="1",
+        CXRLAB_ROOT=str(ROOT),
+    )
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "debug=default",
+        f"paths.data_dir={tmp / 'data'}",
+        f"paths.log_dir={tmp / 'logs'}",
+        f"hydra.run.dir={tmp / 'run'}",
+        *overrides,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def wandb_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    run_train(
+        tmp,
+        "logger=wandb",
+        "trainer.max_epochs=2",
+        "data.task=multiclass",
+        "data.source.num_patients=40",
+    )
+    return tmp
+
+
+def test_run_folder_has_config_checkpoints_metrics_and_splits(wandb_run):
+    run = wandb_run / "run"
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    m = json.loads((run / "test_metrics.json").read_text())
+    assert m["split"] == "test" and m["images"] > 0 and m["patients"] > 0
+    assert m["classes"] == ["normal", "bacteria", "virus"]
+    for k in (
+        "test/auroc",
+        "test/accuracy",
+        "test/balanced_accuracy",
+        "test/f1",
+        "test/sensitivity",
+        "test/specificity",
+    ):
+        assert k in m["metrics"]
+    splits = pd.read_csv(run / "splits.csv")
+    assert splits.groupby("patient_id")["split"].nunique().max() == 1
+    preds = pd.read_csv(run / "predictions.csv")
+    assert len(preds) == m["images"]
+    assert set(preds["patient_id"]) <= set(splits[splits["split"] == "test"]["patient_id"])
+
+
+def test_checkpoint_carries_the_input_contract(wandb_run):
+    ckpt = torch.load(
+        wandb_run / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False
+    )
+    hp = ckpt["hyper_parameters"]
+    assert hp["backbone"] == "densenet121_xrv"
+    assert hp["class_names"] == ["normal", "bacteria", "virus"]
+    assert hp["input_spec"] == {"channels": 1, "normalization": "xrv"}
+    assert hp["preprocess"]["size"] == 32
+
+
+def test_wandb_offline_run_has_the_confusion_matrix_table(wandb_run):
+    runs = list((wandb_run / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    tables = list(runs[0].rglob("*confusion_matrix*.table.json"))
+    assert tables, sorted(p.name for p in runs[0].rglob("*"))[:50]
+    table = json.loads(tables[0].read_text())
+    assert table["columns"][:2] == ["Actual", "Predicted"]
+    assert {r[0] for r in table["data"]} <= {"normal", "bacteria", "virus"}
+    assert list(runs[0].rglob("*pr_curve*.table.json"))
+
+
+def test_fast_dev_run_through_train_py(tmp_path):
+    proc = run_train(tmp_path, "debug=fast_dev_run", "data.source.num_patients=40")
+    assert "Testing the current weights" in proc.stderr + proc.stdout
+    assert (tmp_path / "run" / "test_metrics.json").is_file()
+
+
+def test_resume_from_last_checkpoint(tmp_path):
+    run_train(
+        tmp_path,
+        "trainer.max_epochs=1",
+        "data.source.num_patients=40",
+        "callbacks.early_stopping=null",
+    )
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False, map_location="cpu")["epoch"] == 0
+    proc = run_train(
+        tmp_path,
+        "trainer.max_epochs=2",
+        "data.source.num_patients=40",
+        f"ckpt_path={last}",
+        "callbacks.early_stopping=null",
+    )
+    assert "Restoring states from the checkpoint" in proc.stdout + proc.stderr
+    assert torch.load(last, weights_only=False, map_location="cpu")["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.backbone=vgg11", "model.backbone='vgg11'"),
+        ("model.loss.name=hinge", "model.loss.name='hinge'"),
+        ("data.split.ratios.test=0.5", "data.split.ratios"),
+        ("data.dataset_size=100000", "data.dataset_size=100000 is larger than the data"),
+    ],
+)
+def test_bad_config_fails_early_naming_the_key(tmp_path, override, key):
+    proc = run_train(tmp_path, override, "data.source.num_patients=40", check=False)
+    assert proc.returncode != 0
+    assert key in proc.stderr + proc.stdout
+    assert not (tmp_path / "run" / "checkpoints").exists()  # failed before any training

@@ -1,0 +1,20 @@
+"""Train a chest X-ray classifier: `python train.py experiment=template` (see README.md)."""
+
+import os
+from pathlib import Path
+
+import hydra
+
+os.environ.setdefault("CXRLAB_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
+def main(cfg):
+    from cxrlab.training import train
+
+    metrics, _ = train(cfg)
+    return metrics.get(cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
