@@ -1,0 +1,200 @@
+"""The LightningDataModule: source -> manifest -> selection -> split -> uint8 cache -> loaders.
+
+Batches are ``(uint8 images (B, 1, S, S), labels (B,), row indices (B,))``: augmentation and
+normalization happen on the device, in the LightningModule (``on_after_batch_transfer``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cxrlab.data.cache import ImageCache, build_cache
+from cxrlab.data.preprocess import PreprocessSpec
+from cxrlab.data.selection import (
+    SPLITS,
+    SelectionError,
+    assert_no_leakage,
+    balanced_subset,
+    check_ratios,
+    patient_grouped_split,
+)
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("synthetic", "kaggle_pneumonia")
+SPLIT_POLICIES = ("resplit", "official")
+BAD_FILE_POLICIES = ("skip", "error")
+
+
+class CachedImages(Dataset):
+    """Rows of the cache: (uint8 tensor (1, S, S), label, manifest row index)."""
+
+    def __init__(self, cache: ImageCache, positions: np.ndarray, labels: np.ndarray,
+                 rows: np.ndarray):
+        self.cache, self.positions, self.labels, self.rows = cache, positions, labels, rows
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int):
+        img = torch.from_numpy(np.array(self.cache.images[self.positions[i]]))
+        return img.unsqueeze(0), int(self.labels[i]), int(self.rows[i])
+
+
+def load_source(name: str):
+    if name not in SOURCES:
+        raise ValueError(f"data.source.name={name!r} is not known: use one of {list(SOURCES)}")
+    return importlib.import_module(f"cxrlab.data.sources.{name}")
+
+
+class CXRDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        source: Mapping,
+        task: str = "binary",
+        dataset_size: int | None = None,
+        split: Mapping | None = None,
+        preprocess: Mapping | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        cache_dir: str = "data/cache",
+        on_bad_file: str = "skip",
+        seed: int = 0,
+        progress: bool = True,
+    ):
+        super().__init__()
+        self.source = dict(source)
+        self.source_name = self.source.pop("name", None)
+        load_source(self.source_name)
+        self.task = task
+        self.dataset_size = dataset_size
+        split = dict(split or {})
+        self.split_policy = split.get("policy", "resplit")
+        if self.split_policy not in SPLIT_POLICIES:
+            raise ValueError(f"data.split.policy={self.split_policy!r}: use one of {SPLIT_POLICIES}")
+        self.ratios = check_ratios(split.get("ratios", {"train": 0.6, "val": 0.2, "test": 0.2}))
+        self.split_seed = int(split.get("seed", seed))
+        self.preprocess = PreprocessSpec(**dict(preprocess or {}))
+        if int(batch_size) < 1:
+            raise ValueError(f"data.batch_size={batch_size}: must be >= 1")
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.cache_dir = Path(cache_dir)
+        if on_bad_file not in BAD_FILE_POLICIES:
+            raise ValueError(f"data.on_bad_file={on_bad_file!r}: use one of {BAD_FILE_POLICIES}")
+        self.on_bad_file = on_bad_file
+        self.seed = int(seed)
+        self.progress = progress
+        self.manifest: pd.DataFrame | None = None
+        self.classes: list[str] = []
+        self.skipped: dict[str, str] = {}
+        self._sets: dict[str, CachedImages] = {}
+
+    # ------------------------------------------------------------------ selection
+    def select(self) -> pd.DataFrame:
+        """Index, subset and split; returns the manifest of the run with a ``split`` column.
+
+        Cheap (no image decoding besides generating the phantom on first use), so bad settings
+        such as a too-large ``dataset_size`` fail here, before any training work.
+        """
+        if self.manifest is not None:
+            return self.manifest
+        src = load_source(self.source_name)
+        kwargs = dict(self.source)
+        if self.source_name == "synthetic":
+            kwargs["progress"] = self.progress
+        df, classes = src.index(task=self.task, **kwargs)
+        self.classes = list(classes)
+        df = balanced_subset(df, self.dataset_size, self.classes, self.seed)
+        if self.split_policy == "official":
+            if "official_split" not in df:
+                raise SelectionError(f"data.split.policy=official: {self.source_name} has no "
+                                     "official split; use data.split.policy=resplit")
+            df = df.assign(split=df["official_split"])
+        else:
+            df = df.assign(split=patient_grouped_split(df, self.ratios, self.split_seed))
+        assert_no_leakage(df)
+        for s in SPLITS:
+            if self.ratios.get(s, 0) > 0 and not (df["split"] == s).any():
+                raise SelectionError(f"the {s} split is empty: use more data or other ratios")
+        self.manifest = df.reset_index(drop=True)
+        return self.manifest
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_counts(self, split: str = "train") -> list[int]:
+        df = self.select()
+        counts = df[df["split"] == split]["label"].value_counts()
+        return [int(counts.get(c, 0)) for c in self.classes]
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        if self._sets:
+            return
+        df = self.select()
+        cache = build_cache(df["path"].tolist(), self.preprocess, self.cache_dir,
+                            workers=max(1, self.num_workers), progress=self.progress)
+        bad = cache.unreadable
+        if bad:
+            listing = "\n".join(f"  {p}: {r}" for p, r in list(bad.items())[:20])
+            if self.on_bad_file == "error":
+                raise SelectionError(f"{len(bad)} unreadable images (data.on_bad_file=error):\n"
+                                     f"{listing}")
+            log.warning("Skipping %d unreadable images (data.on_bad_file=skip):\n%s", len(bad),
+                        listing)
+        self.skipped = dict(bad)
+        label_index = {c: i for i, c in enumerate(self.classes)}
+        for s in SPLITS:
+            rows = np.flatnonzero((df["split"] == s).to_numpy() & ~df["path"].isin(bad).to_numpy())
+            labels = df["label"].iloc[rows].map(label_index).to_numpy()
+            self._sets[s] = CachedImages(cache, rows, labels, rows)
+
+    def dataset(self, split: str) -> CachedImages:
+        self.setup()
+        return self._sets[split]
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and len(self.dataset(split)) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def describe(self) -> dict:
+        """Images, patients and class counts per split: goes into run files and reports."""
+        df = self.select()
+        out = {}
+        for s in SPLITS:
+            part = df[(df["split"] == s) & ~df["path"].isin(self.skipped)]
+            out[s] = {
+                "images": int(len(part)),
+                "patients": int(part["patient_id"].nunique()),
+                "classes": {c: int((part["label"] == c).sum()) for c in self.classes},
+            }
+        return out
