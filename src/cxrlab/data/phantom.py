@@ -63,7 +63,7 @@ class PhantomConfig:
         d = asdict(self)
         d.pop("workers")
         d["version"] = PHANTOM_VERSION
-        return d
+        return json.loads(json.dumps(d))  # tuples as lists, as read back from phantom.json
 
 
 @dataclass
