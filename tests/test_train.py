@@ -57,18 +57,18 @@ def test_run_folder_has_config_checkpoints_metrics_and_splits(wandb_run):
     m = json.loads((run / "test_metrics.json").read_text())
     assert m["split"] == "test" and m["images"] > 0 and m["patients"] > 0
     assert m["classes"] == ["normal", "bacteria", "virus"]
-    for k in (
-        "test/auroc",
+    for k in (  # multi-class: overall values and macro/micro averages
         "test/accuracy",
         "test/balanced_accuracy",
-        "test/f1",
-        "test/sensitivity",
-        "test/specificity",
+        "test/macro/auroc",
+        "test/macro/f1",
+        "test/macro/sensitivity",
+        "test/micro/specificity",
     ):
         assert k in m["metrics"]
     splits = pd.read_csv(run / "splits.csv")
     assert splits.groupby("patient_id")["split"].nunique().max() == 1
-    preds = pd.read_csv(run / "predictions.csv")
+    preds = pd.read_csv(run / "report" / "predictions.csv")
     assert len(preds) == m["images"]
     assert set(preds["patient_id"]) <= set(splits[splits["split"] == "test"]["patient_id"])
 
@@ -135,3 +135,92 @@ def test_bad_config_fails_early_naming_the_key(tmp_path, override, key):
     assert proc.returncode != 0
     assert key in proc.stderr + proc.stdout
     assert not (tmp_path / "run" / "checkpoints").exists()  # failed before any training
+
+
+def run_eval(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="offline", HYDRA_FULL_ERROR="1", CXRLAB_ROOT=str(ROOT))
+    cmd = [
+        sys.executable,
+        str(ROOT / "eval.py"),
+        f"paths.data_dir={tmp / 'data'}",
+        f"paths.log_dir={tmp / 'logs'}",
+        f"hydra.run.dir={tmp / 'eval'}",
+        *overrides,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"eval.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("binary")
+    run_train(
+        tmp,
+        "logger=csv",
+        "trainer.max_epochs=2",
+        "data.source.num_patients=40",
+        "evaluation.bootstrap=200",
+        "evaluation.threshold='sensitivity=0.9'",
+    )
+    return tmp
+
+
+def test_train_writes_the_report_with_a_validation_threshold(binary_run):
+    run = binary_run / "run"
+    rep = json.loads((run / "report" / "metrics.json").read_text())
+    assert rep["split"] == "test" and rep["threshold"]["policy"] == "sensitivity=0.9"
+    assert rep["threshold"]["chosen_on"] == "val"
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["cxrlab"]["threshold"] == pytest.approx(rep["threshold"]["value"])
+    assert set(rep["data"]) == {"train", "val", "test"}
+    for f in ("confusion_matrix.png", "roc_pr.png", "calibration.png", "model_card.md"):
+        assert (run / "report" / f).is_file()
+    summary = json.loads((run / "test_metrics.json").read_text())
+    assert summary["metrics"]["test/auroc"] == rep["metrics"]["auroc"]["value"]
+
+
+def test_eval_py_reproduces_the_training_report(binary_run):
+    ckpt = binary_run / "run" / "checkpoints" / "best.ckpt"
+    run_eval(binary_run, f"ckpt_path={ckpt}", "evaluation.bootstrap=200")
+    a = json.loads((binary_run / "run" / "report" / "metrics.json").read_text())
+    b = json.loads((binary_run / "eval" / "report" / "metrics.json").read_text())
+    assert a["images"] == b["images"] and a["patients"] == b["patients"]
+    assert a["threshold"] == b["threshold"]
+
+    def close(x, y, path=""):
+        if isinstance(x, dict):
+            assert set(x) == set(y), path
+            for k in x:
+                close(x[k], y[k], f"{path}/{k}")
+        elif isinstance(x, list):
+            for i, (u, v) in enumerate(zip(x, y)):
+                close(u, v, f"{path}[{i}]")
+        elif x is None or y is None:
+            assert x is None and y is None, path
+        else:
+            assert x == pytest.approx(y, abs=1e-6), path
+
+    close(a["metrics"], b["metrics"])
+
+
+def test_eval_refuses_other_classes_and_foreign_files(binary_run, tmp_path):
+    ckpt = binary_run / "run" / "checkpoints" / "best.ckpt"
+    proc = run_eval(
+        binary_run,
+        f"ckpt_path={ckpt}",
+        "data=synthetic",
+        "data.task=multiclass",
+        "data.source.num_patients=40",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert (
+        "['normal', 'bacteria', 'virus'] differ from the checkpoint's ['normal', 'pneumonia']"
+        in proc.stderr
+    )
+    junk = tmp_path / "junk.ckpt"
+    torch.save({"state_dict": {}}, junk)
+    proc = run_eval(binary_run, f"ckpt_path={junk}", check=False)
+    assert proc.returncode != 0 and "not a cxrlab checkpoint" in proc.stderr

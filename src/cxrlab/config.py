@@ -8,6 +8,7 @@ from cxrlab.data.augment import AugmentConfig
 from cxrlab.data.datamodule import BAD_FILE_POLICIES, SOURCES, SPLIT_POLICIES
 from cxrlab.data.preprocess import PreprocessSpec
 from cxrlab.data.selection import check_ratios
+from cxrlab.evaluation.thresholds import parse_policy
 from cxrlab.models.backbones import check_backbone
 from cxrlab.models.losses import LOSSES
 from cxrlab.models.module import OPTIMIZERS, SCHEDULERS
@@ -50,6 +51,10 @@ def validate(cfg: DictConfig) -> None:
             if k != "device"
         }
         AugmentConfig(**aug)
+        if cfg.get("evaluation") is not None:
+            parse_policy(cfg.evaluation.threshold)
+            if int(cfg.evaluation.bootstrap) < 0:
+                raise ConfigError(f"evaluation.bootstrap={cfg.evaluation.bootstrap}: use >= 0")
         if cfg.get("optimized_metric") and not str(cfg.optimized_metric).startswith("val/"):
             raise ConfigError(
                 f"optimized_metric={cfg.optimized_metric!r}: choose a validation "

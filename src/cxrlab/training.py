@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import hydra
+import pandas as pd
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cxrlab.config import validate
 from cxrlab.data.datamodule import CXRDataModule
+from cxrlab.evaluation.report import headline, write_report
+from cxrlab.evaluation.thresholds import choose_threshold
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     pl.seed_everything(cfg.seed, workers=True)
 
     log.info("Selecting data <%s>", cfg.data.source.name)
-    dm: CXRDataModule = hydra.utils.instantiate(cfg.data)
+    dm: CXRDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     manifest = dm.select()  # cheap, so wrong settings fail before any real work
     model = hydra.utils.instantiate(
         cfg.model,
@@ -80,14 +83,18 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     if cfg.get("test", True):
         ckpt = _best_checkpoint(trainer)
+        ev = cfg.get("evaluation") or {}
+        set_threshold(trainer, model, dm, ckpt, ev.get("threshold", "youden"))
         log.info("Testing %s on the test split", ckpt or "the current weights")
         trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=False)
-        test_metrics = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")
-        }
-        metrics.update(test_metrics)
+        metrics.update(
+            {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        )
         if trainer.is_global_zero:
-            write_test_outputs(out_dir, dm, model, test_metrics, ckpt)
+            report = write_split_report(
+                out_dir / "report", dm, model, "test", ev, ckpt, loggers=loggers
+            )
+            write_test_metrics(out_dir, report, ckpt)
 
     for lg in loggers:
         lg.finalize("success")
@@ -107,32 +114,112 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     return None
 
 
-def write_test_outputs(
-    out_dir: Path, dm: CXRDataModule, model, metrics: dict, ckpt: str | None
-) -> None:
-    """``test_metrics.json`` (which split, how many images and patients) and predictions.csv."""
-    res = model.test_results
-    rows = res["rows"].numpy()
-    df = dm.manifest.iloc[rows][["path", "patient_id", "label"]].copy()
-    probs = res["probs"].numpy()
+def set_threshold(trainer: pl.Trainer, model, dm, ckpt: str | None, policy) -> None:
+    """Choose the decision threshold on the validation split (binary tasks) and store it.
+
+    The best checkpoint's validation predictions decide it; it is written into the checkpoint
+    file, so testing, eval.py and predictors apply exactly this value.
+    """
+    if model.num_classes != 2:
+        return
+    trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=False, verbose=False)
+    val = model.results["val"]
+    model.threshold = choose_threshold(val["labels"].numpy(), val["probs"][:, 1].numpy(), policy)
+    model.threshold_policy = str(policy)
+    log.info("Threshold %.4f chosen on the validation split (policy %s)", model.threshold, policy)
+    if ckpt and trainer.is_global_zero:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state["cxrlab"] = {
+            **state.get("cxrlab", {}),
+            "threshold": model.threshold,
+            "threshold_policy": model.threshold_policy,
+        }
+        torch.save(state, ckpt)
+    trainer.strategy.barrier("threshold")
+
+
+def predictions_frame(dm: CXRDataModule, results: dict) -> pd.DataFrame:
+    """Per-image probabilities of a stage, joined with the manifest (path, patient, label)."""
+    rows = results["rows"].numpy()
+    df = dm.manifest.iloc[rows][["path", "patient_id", "label"]].reset_index(drop=True)
+    probs = results["probs"].numpy()
     for i, c in enumerate(dm.classes):
         df[f"prob_{c}"] = probs[:, i]
-    df["prediction"] = [dm.classes[i] for i in probs.argmax(1)]
-    df.to_csv(out_dir / "predictions.csv", index=False)
-    summary = {
-        "split": "test",
-        "images": int(len(df)),
-        "patients": int(df["patient_id"].nunique()),
-        "classes": dm.classes,
+    return df
+
+
+def write_split_report(
+    out: Path, dm: CXRDataModule, model, split: str, ev, ckpt, loggers=()
+) -> dict:
+    context = {
         "checkpoint": ckpt,
-        "metrics": {k: (None if math.isnan(v) else v) for k, v in sorted(metrics.items())},
+        "model": model.hparams.get("backbone"),
         "data": dm.describe(),
         "skipped_unreadable": len(dm.skipped),
     }
+    report = write_report(
+        predictions_frame(dm, model.results[split]),
+        dm.classes,
+        out,
+        split,
+        threshold=model.threshold,
+        threshold_policy=model.threshold_policy,
+        n_boot=int(ev.get("bootstrap", 1000)),
+        seed=int(ev.get("seed", 0)),
+        context=context,
+    )
+    log_report(loggers, report, out)
+    return report
+
+
+def log_report(loggers, report: dict, out: Path) -> None:
+    """The report's headline metrics and pictures to every logger that takes them."""
+    values = {k: v for k, v in headline(report).items() if v is not None}
+    for lg in loggers:
+        name = type(lg).__name__
+        if name == "WandbLogger":
+            import wandb
+
+            rows = [[k, v] for k, v in sorted(values.items())]
+            lg.experiment.log(
+                {
+                    f"{report['split']}/report_metrics": wandb.Table(
+                        columns=["metric", "value"], data=rows
+                    ),
+                    **{
+                        f"{report['split']}/{p.stem}": wandb.Image(str(p))
+                        for p in sorted(out.glob("*.png"))
+                    },
+                }
+            )
+        elif name == "TensorBoardLogger":
+            import matplotlib.image as mpimg
+
+            for p in sorted(out.glob("*.png")):
+                lg.experiment.add_image(
+                    f"{report['split']}/{p.stem}", mpimg.imread(p)[..., :3], dataformats="HWC"
+                )
+
+
+def write_test_metrics(out_dir: Path, report: dict, ckpt: str | None) -> None:
+    """``test_metrics.json``: the headline test metrics with the split's counts."""
+    summary = {
+        "split": "test",
+        "images": report["images"],
+        "patients": report["patients"],
+        "classes": report["classes"],
+        "checkpoint": ckpt,
+        "threshold": report["threshold"],
+        "metrics": headline(report),
+        "data": report.get("data"),
+        "skipped_unreadable": report.get("skipped_unreadable", 0),
+        "report": "report/metrics.json (with 95% patient-bootstrap intervals)",
+    }
     (out_dir / "test_metrics.json").write_text(json.dumps(summary, indent=2))
+    shown = {k: v for k, v in summary["metrics"].items() if v is not None and "/macro" not in k}
     log.info(
         "Test split (%d images, %d patients): %s",
         summary["images"],
         summary["patients"],
-        ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
+        ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())),
     )

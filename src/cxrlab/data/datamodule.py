@@ -73,6 +73,8 @@ class CXRDataModule(pl.LightningDataModule):
         progress: bool = True,
     ):
         super().__init__()
+        # saved in checkpoints: eval.py rebuilds the same selection from a checkpoint alone
+        self.save_hyperparameters()
         self.source = dict(source)
         self.source_name = self.source.pop("name", None)
         load_source(self.source_name)
@@ -166,7 +168,7 @@ class CXRDataModule(pl.LightningDataModule):
         self.setup()
         return self._sets[split]
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def loader(self, split: str, train: bool = False) -> DataLoader:
         return DataLoader(
             self.dataset(split),
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -178,13 +180,13 @@ class CXRDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+        return self.loader("train", True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+        return self.loader("val", False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return self.loader("test", False)
 
     def describe(self) -> dict:
         """Images, patients and class counts per split: goes into run files and reports."""

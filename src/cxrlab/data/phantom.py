@@ -37,7 +37,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 WORK = 256  # width of the coarse grid that anatomy is drawn on
-PHANTOM_VERSION = 1  # bump when the drawing changes: cached datasets are then regenerated
+PHANTOM_VERSION = 2  # bump when the drawing changes: cached datasets are then regenerated
 FINDINGS = ("normal", "bacteria", "virus")
 
 
@@ -56,7 +56,7 @@ class PhantomConfig:
     val_images_per_class: int = 8  # Kaggle's official val folder has 8 + 8 images
     jpeg_quality: int = 90
     # Lesion visibility (fraction of the local lung-to-tissue contrast); lower is harder.
-    lesion_strength: tuple[float, float] = (0.25, 0.75)
+    lesion_strength: tuple[float, float] = (0.2, 0.65)
     workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
 
     def fingerprint(self) -> dict:
@@ -82,6 +82,8 @@ class PatientAnatomy:
     lesion_strength: float
     tissue: float  # soft tissue density
     aspect: float
+    breast_shadow: float  # class-independent lower-zone soft-tissue density (0: none)
+    hilar: float  # prominence of hilar vessels, class-independent
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,7 +166,15 @@ def _draw_patient_base(
     hilum = np.exp(-(((np.abs(xx - cx) - 0.10 * w) / (0.12 * w)) ** 2)) * np.exp(
         -(((yy - 0.42 * h) / (0.2 * h)) ** 2)
     )
-    img += lung_soft * tex * (0.025 + 0.05 * hilum)
+    img += lung_soft * tex * (0.025 + anat.hilar * hilum)
+
+    # breast / pectoral soft-tissue shadows over the lower zones: a normal finding that raises
+    # lower-lung density as a lesion would, so brightness alone cannot tell the classes apart
+    if anat.breast_shadow > 0:
+        for s in (-1, 1):
+            bx, by = cx + s * 0.2 * w, top + anat.lung_h * h * inspiration * 0.85
+            e = ((xx - bx) / (0.2 * w)) ** 2 + ((yy - by) / (0.16 * h)) ** 2
+            img += np.clip(1 - e, 0, 1) ** 0.5 * anat.breast_shadow * anat.tissue * 0.5
 
     # mediastinum and spine
     med = np.exp(-(((xx - cx) / (0.065 * w)) ** 4)) * np.clip((yy - 0.05 * h) / (0.1 * h), 0, 1)
@@ -306,6 +316,8 @@ def sample_anatomy(rng: np.random.Generator, finding: str, cfg: PhantomConfig) -
         lesion_strength=float(rng.uniform(*cfg.lesion_strength)),
         tissue=rng.uniform(0.55, 0.75),
         aspect=rng.uniform(*cfg.aspect_range),
+        breast_shadow=float(rng.uniform(0.2, 0.7)) if rng.random() < 0.5 else 0.0,
+        hilar=float(rng.uniform(0.03, 0.09)),
     )
 
 
@@ -420,17 +432,47 @@ def generate(root: str | Path, cfg: PhantomConfig | None = None, progress: bool 
     return root
 
 
+def preview(out: str | Path, seed: int = 0, per_class: int = 3, tile: int = 256) -> Path:
+    """An image grid (PNG or JPEG by suffix): one row per class, lesion masks outlined in red, class names written in."""
+    cfg = PhantomConfig(num_patients=60, seed=seed)
+    rows = []
+    for finding in ("bacteria", "virus", "normal"):
+        tiles = []
+        for job in [j for j in plan(cfg) if j.anat.finding == finding][:per_class]:
+            img, mask = _render_image(job.anat, job.seed, 512)
+            h = int(round(tile * img.shape[0] / img.shape[1]))
+            small = cv2.resize(img, (tile, h), interpolation=cv2.INTER_AREA)
+            m = cv2.resize(mask, (tile, h), interpolation=cv2.INTER_NEAREST)
+            canvas = np.zeros((tile, tile), np.uint8)
+            canvas[: min(h, tile)] = small[:tile]
+            color = cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR)
+            contours, _ = cv2.findContours(m[:tile], cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(color, contours, -1, (0, 0, 255), 1)
+            cv2.putText(color, finding, (6, tile - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
+            tiles.append(color)
+        rows.append(np.hstack(tiles))
+    out = Path(out)
+    cv2.imwrite(str(out), np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 85])  # by suffix
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m cxrlab.data.phantom OUT_DIR [--patients N] [--seed S] [--preview PNG]``."""
+    """``python -m cxrlab.data.phantom OUT_DIR [--patients N] [--seed S]`` or ``--preview PNG``."""
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("root")
+    p.add_argument("root", nargs="?", help="folder to write the dataset to")
     p.add_argument("--patients", type=int, default=PhantomConfig.num_patients)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preview", help="write an image grid of samples with lesion outlines instead")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    generate(args.root, PhantomConfig(num_patients=args.patients, seed=args.seed))
+    if args.preview:
+        preview(args.preview, seed=args.seed)
+    elif args.root:
+        generate(args.root, PhantomConfig(num_patients=args.patients, seed=args.seed))
+    else:
+        p.error("give a folder, or --preview PNG")
 
 
 if __name__ == "__main__":

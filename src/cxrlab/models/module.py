@@ -24,16 +24,19 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "plateau")
 
 
-def make_metrics(num_classes: int, prefix: str) -> torchmetrics.MetricCollection:
-    """Binary tasks: the positive class (index 1); multi-class: macro averages."""
+def make_metrics(
+    num_classes: int, prefix: str, threshold: float = 0.5
+) -> torchmetrics.MetricCollection:
+    """Binary: the positive class (index 1) at ``threshold``; multi-class: macro averages."""
     if num_classes == 2:
+        t = float(threshold)
         m = {
             "auroc": tmc.BinaryAUROC(),
-            "accuracy": tmc.BinaryAccuracy(),
-            "balanced_accuracy": tmc.MulticlassRecall(2, average="macro"),
-            "f1": tmc.BinaryF1Score(),
-            "sensitivity": tmc.BinaryRecall(),
-            "specificity": tmc.BinarySpecificity(),
+            "accuracy": tmc.BinaryAccuracy(threshold=t),
+            "balanced_accuracy": BinaryBalancedAccuracy(threshold=t),
+            "f1": tmc.BinaryF1Score(threshold=t),
+            "sensitivity": tmc.BinaryRecall(threshold=t),
+            "specificity": tmc.BinarySpecificity(threshold=t),
         }
     else:
         k = num_classes
@@ -48,17 +51,28 @@ def make_metrics(num_classes: int, prefix: str) -> torchmetrics.MetricCollection
     return torchmetrics.MetricCollection(m, prefix=f"{prefix}/")
 
 
+class BinaryBalancedAccuracy(torchmetrics.Metric):
+    """(sensitivity + specificity) / 2 at a threshold (torchmetrics has no binary one)."""
+
+    def __init__(self, threshold: float = 0.5):
+        super().__init__()
+        self.threshold = threshold
+        self.add_state("stats", torch.zeros(4), dist_reduce_fx="sum")
+
+    def update(self, p: torch.Tensor, y: torch.Tensor) -> None:
+        pred, y = p >= self.threshold, y.bool()
+        counts = [(pred & y).sum(), (~pred & ~y).sum(), (pred & ~y).sum(), (~pred & y).sum()]
+        self.stats += torch.stack(counts).float()
+
+    def compute(self) -> torch.Tensor:
+        tp, tn, fp, fn = self.stats
+        return (tp / (tp + fn).clamp(min=1) + tn / (tn + fp).clamp(min=1)) / 2
+
+
 def _update(
     metrics: torchmetrics.MetricCollection, probs: torch.Tensor, y: torch.Tensor, num_classes: int
 ) -> None:
-    if num_classes == 2:
-        for name, metric in metrics.items(keep_base=True):
-            if name.endswith("balanced_accuracy"):
-                metric.update(probs, y)
-            else:
-                metric.update(probs[:, 1], y)
-    else:
-        metrics.update(probs, y)
+    metrics.update(probs[:, 1] if num_classes == 2 else probs, y)
 
 
 class CXRClassifier(pl.LightningModule):
@@ -107,11 +121,16 @@ class CXRClassifier(pl.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self._forward_net = torch.compile(self.net) if compile else self.net
+        # kept outside the module tree, so checkpoints hold one copy of the weights either way
+        object.__setattr__(self, "_forward_net", torch.compile(self.net) if compile else self.net)
         self.val_metrics = make_metrics(self.num_classes, "val")
         self.test_metrics = make_metrics(self.num_classes, "test")
-        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.test_results: dict | None = None
+        # decision threshold on the positive class (binary): chosen on validation, saved in
+        # checkpoints, applied unchanged to test and by predictors
+        self.threshold: float | None = None
+        self.threshold_policy: str | None = None
+        self._outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.results: dict[str, dict] = {}  # per stage: probs, labels, manifest rows
 
     # ------------------------------------------------------------------ data on the device
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -140,45 +159,64 @@ class CXRClassifier(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
-    def validation_step(self, batch, batch_idx):
-        x, y, _ = batch
-        logits = self(x)
-        self.log(
-            "val/loss",
-            self.criterion(logits, y),
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=True,
-            batch_size=len(y),
-        )
-        _update(self.val_metrics, logits.float().softmax(1), y, self.num_classes)
-        self.log_dict(self.val_metrics, on_epoch=True, prog_bar=False)
-
-    def test_step(self, batch, batch_idx):
+    def _eval_step(self, batch, stage: str, metrics: torchmetrics.MetricCollection):
         x, y, idx = batch
         logits = self(x)
         probs = logits.float().softmax(1)
-        self.log(
-            "test/loss", self.criterion(logits, y), on_epoch=True, sync_dist=True, batch_size=len(y)
-        )
-        _update(self.test_metrics, probs, y, self.num_classes)
-        self.log_dict(self.test_metrics, on_epoch=True)
-        self._test_outputs.append((probs.detach(), y.detach(), idx.detach()))
+        loss = self.criterion(logits, y)
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(y))
+        _update(metrics, probs, y, self.num_classes)
+        self.log_dict(metrics, on_epoch=True)
+        self._outputs.append((probs.detach(), y.detach(), idx.detach()))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def on_validation_epoch_start(self):
+        self._outputs = []
 
     def on_test_epoch_start(self):
-        self._test_outputs = []
+        self._outputs = []
+        # threshold-dependent test metrics use the threshold chosen on validation
+        t = 0.5 if self.threshold is None else self.threshold
+        self.test_metrics = make_metrics(self.num_classes, "test", t).to(self.device)
 
-    def on_test_epoch_end(self):
-        probs = torch.cat([o[0] for o in self._test_outputs])
-        y = torch.cat([o[1] for o in self._test_outputs])
-        idx = torch.cat([o[2] for o in self._test_outputs])
+    def _gather_outputs(self, stage: str) -> None:
+        if not self._outputs:
+            return
+        probs, y, idx = (torch.cat([o[i] for o in self._outputs]) for i in range(3))
         if self.trainer.world_size > 1:
             probs = self.all_gather(probs).flatten(0, 1)
             y = self.all_gather(y).flatten()
             idx = self.all_gather(idx).flatten()
-        self.test_results = {"probs": probs.cpu(), "labels": y.cpu(), "rows": idx.cpu()}
+        self.results[stage] = {"probs": probs.cpu(), "labels": y.cpu(), "rows": idx.cpu()}
+        self._outputs = []
+
+    def on_validation_epoch_end(self):
+        self._gather_outputs("val")
+
+    def on_test_epoch_end(self):
+        self._gather_outputs("test")
         if self.trainer.is_global_zero:
-            log_test_plots(self.trainer.loggers, self.test_results, self.class_names)
+            log_test_plots(
+                self.trainer.loggers, self.results["test"], self.class_names, self.threshold
+            )
+
+    # ------------------------------------------------------------------ checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["cxrlab"] = {
+            "threshold": self.threshold,
+            "threshold_policy": self.threshold_policy,
+            "format": 1,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        extra = checkpoint.get("cxrlab", {})
+        self.threshold = extra.get("threshold")
+        self.threshold_policy = extra.get("threshold_policy")
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):
@@ -213,8 +251,10 @@ class CXRClassifier(pl.LightningModule):
         }
 
 
-def log_test_plots(loggers, results: dict, class_names: list[str]) -> None:
-    """Confusion matrix and PR curve on W&B (the test split), when a W&B logger is active."""
+def log_test_plots(
+    loggers, results: dict, class_names: list[str], threshold: float | None = None
+) -> None:
+    """Confusion matrix, PR and ROC curves on W&B (the test split), when W&B is active."""
     from pytorch_lightning.loggers import WandbLogger
 
     for lg in loggers:
@@ -224,7 +264,10 @@ def log_test_plots(loggers, results: dict, class_names: list[str]) -> None:
 
         y = results["labels"].numpy().tolist()
         probs = results["probs"].numpy()
-        preds = probs.argmax(1).tolist()
+        if len(class_names) == 2 and threshold is not None:
+            preds = (probs[:, 1] >= threshold).astype(int).tolist()
+        else:
+            preds = probs.argmax(1).tolist()
         lg.experiment.log(
             {
                 "test/confusion_matrix": wandb.plot.confusion_matrix(

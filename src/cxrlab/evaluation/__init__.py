@@ -1,0 +1,1 @@
+"""Evaluation: metrics, threshold policies, patient-level bootstrap CIs, plots, the report."""

@@ -1,0 +1,241 @@
+"""The evaluation report: the same files whether written by train.py's test phase or eval.py.
+
+``write_report(predictions, classes, ...)`` takes per-image probabilities (a DataFrame with
+``path``, ``patient_id``, ``label`` and ``prob_<class>`` columns) and writes into ``out_dir``:
+``metrics.json`` (point values with 95% patient-level bootstrap intervals, the split, its image
+and patient counts, the threshold and how it was chosen), ``predictions.csv``, the pictures and
+``model_card.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrlab.evaluation import plots
+from cxrlab.evaluation.bootstrap import patient_bootstrap
+from cxrlab.evaluation.metrics import compute
+
+log = logging.getLogger(__name__)
+
+PICTURES = (
+    "confusion_matrix.png",
+    "roc_pr.png",
+    "calibration.png",
+    "metrics_vs_threshold.png",
+    "per_class.png",
+)
+
+
+def _clean(v):
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _with_ci(point: dict, ci: dict[str, tuple[float, float]], prefix: str = "") -> dict:
+    out = {}
+    for k, v in point.items():
+        if isinstance(v, dict):
+            out[k] = _with_ci(v, ci, f"{prefix}{k}/")
+        else:
+            lo, hi = ci.get(f"{prefix}{k}", (float("nan"), float("nan")))
+            out[k] = {"value": v, "ci95": [lo, hi]}
+    return out
+
+
+def arrays(predictions: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    index = {c: i for i, c in enumerate(classes)}
+    y = predictions["label"].map(index).to_numpy()
+    probs = predictions[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    return y, probs
+
+
+def write_report(
+    predictions: pd.DataFrame,
+    classes: list[str],
+    out_dir: str | Path,
+    split: str,
+    threshold: float | None = None,
+    threshold_policy: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    context: dict | None = None,
+) -> dict:
+    """Write the report; returns the content of metrics.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    y, probs = arrays(predictions, classes)
+    binary = len(classes) == 2
+    t = (0.5 if threshold is None else float(threshold)) if binary else None
+    point = compute(y, probs, classes, t)
+    ci = patient_bootstrap(
+        lambda rows: compute(y[rows], probs[rows], classes, t),
+        predictions["patient_id"].to_numpy(),
+        n_boot=n_boot,
+        seed=seed,
+    )
+    pred = (probs[:, 1] >= t).astype(int) if binary else probs.argmax(1)
+    preds = predictions.copy()
+    preds["prediction"] = [classes[i] for i in pred]
+    preds.to_csv(out / "predictions.csv", index=False)
+
+    report = {
+        "split": split,
+        "images": int(len(predictions)),
+        "patients": int(predictions["patient_id"].nunique()),
+        "class_counts": {c: int((y == i).sum()) for i, c in enumerate(classes)},
+        "classes": list(classes),
+        "task": "binary" if binary else "multiclass",
+        "threshold": (
+            {
+                "value": t,
+                "policy": threshold_policy or "fixed=0.5",
+                "chosen_on": "val"
+                if threshold_policy and not str(threshold_policy).startswith("fixed")
+                else "fixed",
+            }
+            if binary
+            else {"value": None, "policy": "argmax"}
+        ),
+        "bootstrap": {"replicates": n_boot, "unit": "patient", "level": 0.95, "seed": seed},
+        "metrics": _with_ci(point, ci),
+        **(context or {}),
+    }
+    report = _clean(report)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+
+    plots.plot_confusion(y, pred, classes, split, out / "confusion_matrix.png")
+    plots.plot_calibration(y, probs, split, out / "calibration.png")
+    if binary:
+        plots.plot_roc_pr(y, probs[:, 1], t, split, out / "roc_pr.png")
+        plots.plot_metrics_vs_threshold(y, probs[:, 1], t, split, out / "metrics_vs_threshold.png")
+    else:
+        plots.plot_roc_pr(y, probs, None, split, out / "roc_pr.png", classes=classes)
+        plots.plot_per_class(point["per_class"], split, out / "per_class.png")
+    write_model_card(report, out / "model_card.md")
+    return report
+
+
+def headline(report: dict) -> dict[str, float | None]:
+    """Flat ``{split/metric: value}`` (overall, macro and micro; no per-class) for loggers."""
+    out: dict[str, float | None] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for k, v in node.items():
+            if "value" in v:
+                out[f"{prefix}{k}"] = v["value"]
+            elif k != "per_class":
+                walk(v, f"{prefix}{k}/")
+
+    walk(report["metrics"], f"{report['split']}/")
+    return out
+
+
+def _fmt(entry) -> str:
+    v, (lo, hi) = entry["value"], entry["ci95"]
+    if v is None:
+        return "undefined"
+    if lo is None:
+        return f"{v:.3f}"
+    return f"{v:.3f} ({lo:.3f}-{hi:.3f})"
+
+
+def write_model_card(report: dict, path: Path) -> None:
+    m = report["metrics"]
+    lines = [
+        "# Model card",
+        "",
+        f"Task: {report['task']} classification of chest radiographs into "
+        f"{', '.join(report['classes'])}.",
+    ]
+    if report.get("model"):
+        lines.append(f"Model: {report['model']}.")
+    if report.get("data"):
+        lines += [
+            "",
+            "## Data and splits",
+            "",
+            "| split | images | patients | " + " | ".join(report["classes"]) + " |",
+            "| --- | --- | --- | " + " | ".join("---" for _ in report["classes"]) + " |",
+        ]
+        for s, d in report["data"].items():
+            lines.append(
+                f"| {s} | {d['images']} | {d['patients']} | "
+                + " | ".join(str(d["classes"].get(c, 0)) for c in report["classes"])
+                + " |"
+            )
+        lines.append("\nSplits are grouped by patient: no patient is in two splits.")
+    th = report["threshold"]
+    lines += ["", "## Decision threshold", ""]
+    if report["task"] == "binary":
+        lines.append(
+            f"Policy `{th['policy']}`, chosen on the {th['chosen_on']} split: "
+            f"predict {report['classes'][1]} when its probability is >= {th['value']:.4f}. "
+            f"Applied unchanged to the {report['split']} split."
+        )
+    else:
+        lines.append("The class with the highest probability (argmax).")
+    lines += [
+        "",
+        f"## Metrics on the {report['split']} split",
+        "",
+        f"{report['images']} images of {report['patients']} patients. 95% confidence "
+        f"intervals from {report['bootstrap']['replicates']} bootstrap replicates that "
+        "resample patients, not images.",
+        "",
+        "| metric | value (95% CI) |",
+        "| --- | --- |",
+    ]
+    if report["task"] == "binary":
+        for k, v in m.items():
+            lines.append(f"| {k} | {_fmt(v)} |")
+    else:
+        for k in ("accuracy", "balanced_accuracy", "brier", "ece"):
+            lines.append(f"| {k} | {_fmt(m[k])} |")
+        for avg in ("macro", "micro"):
+            for k, v in m[avg].items():
+                lines.append(f"| {avg} {k} | {_fmt(v)} |")
+        lines += [
+            "",
+            "| class | AUROC | sensitivity | specificity | PPV | FPR | FNR |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for c, pc in m["per_class"].items():
+            lines.append(
+                f"| {c} | "
+                + " | ".join(
+                    _fmt(pc[k])
+                    for k in (
+                        "auroc",
+                        "sensitivity",
+                        "specificity",
+                        "ppv",
+                        "false_positive_rate",
+                        "false_negative_rate",
+                    )
+                )
+                + " |"
+            )
+    lines += [
+        "",
+        "## Intended use and limits",
+        "",
+        "A research model. It is not a medical device and must not be used for diagnosis. "
+        "Its metrics hold for data like its test split (same sources, views and population); "
+        "validate it on data from the site where it would be used before drawing any "
+        "conclusion. Calibration and the threshold may shift with prevalence.",
+        "",
+    ]
+    pictures = [p for p in PICTURES if (path.parent / p).exists()]
+    lines += [f"![{p[:-4]}]({p})" for p in pictures]
+    path.write_text("\n".join(lines) + "\n")

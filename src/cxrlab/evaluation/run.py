@@ -1,0 +1,103 @@
+"""What ``eval.py`` does: evaluate any checkpoint on a split and write the same report.
+
+The checkpoint alone restores the model, its input contract, its threshold and (unless
+``data=...`` is given) the data selection of its training run, so ``eval.py ckpt_path=best.ckpt``
+reproduces the test report of ``train.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from cxrlab.data.datamodule import CXRDataModule
+from cxrlab.models.module import CXRClassifier
+from cxrlab.training import instantiate_group, write_split_report
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a cxrlab checkpoint's dictionary (tensors and plain types only) or say why not."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"ckpt_path={path}: no such file")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"ckpt_path={path}: not a readable PyTorch checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "cxrlab" not in ckpt:
+        raise CheckpointError(
+            f"ckpt_path={path}: not a cxrlab checkpoint (no hyper-parameters "
+            "or cxrlab section); train one with train.py"
+        )
+    hp = ckpt["hyper_parameters"]
+    if "class_names" not in hp or "backbone" not in hp:
+        raise CheckpointError(f"ckpt_path={path}: a checkpoint of another task (no class names)")
+    return ckpt
+
+
+def load_model(path: str | Path) -> CXRClassifier:
+    read_checkpoint(path)
+    # pretrained=false: the checkpoint holds every weight; never look for downloads
+    return CXRClassifier.load_from_checkpoint(
+        str(path), map_location="cpu", pretrained="false", weights_only=True
+    )
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    ckpt_path = cfg.get("ckpt_path")
+    if not ckpt_path:
+        raise CheckpointError("ckpt_path is required: python eval.py ckpt_path=.../best.ckpt")
+    ckpt = read_checkpoint(ckpt_path)
+    model = load_model(ckpt_path)
+    if cfg.get("data") is not None:
+        dm: CXRDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    else:
+        dm = CXRDataModule(**ckpt["datamodule_hyper_parameters"])
+    dm.select()
+    if list(dm.classes) != list(model.class_names):
+        raise CheckpointError(
+            f"the dataset's classes {list(dm.classes)} differ from the checkpoint's "
+            f"{list(model.class_names)}; choose a matching data.task or dataset"
+        )
+    if dm.preprocess.to_dict() != dict(model.hparams["preprocess"]):
+        log.info("Using the checkpoint's preprocessing %s", model.hparams["preprocess"])
+        from cxrlab.data.preprocess import PreprocessSpec
+
+        dm.preprocess = PreprocessSpec(**model.hparams["preprocess"])
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = pl.Trainer(
+        logger=loggers or False,
+        accelerator=cfg.get("accelerator", "auto"),
+        devices=1,
+        enable_checkpointing=False,
+    )
+    split = cfg.get("split", "test")
+    if split not in ("train", "val", "test"):
+        raise CheckpointError(f"split={split!r}: use train, val or test")
+    dm.setup()
+    trainer.test(model, dataloaders=dm.loader(split))
+    model.results[split] = model.results.pop("test")
+    out = Path(cfg.paths.output_dir)
+    report = write_split_report(
+        out / "report",
+        dm,
+        model,
+        split,
+        cfg.get("evaluation") or {},
+        str(ckpt_path),
+        loggers=loggers,
+    )
+    for lg in loggers:
+        lg.finalize("success")
+    return report

@@ -1,0 +1,88 @@
+"""Decision-threshold policies, chosen on the validation split and applied unchanged to test.
+
+Policies (``evaluation.threshold``):
+- ``youden``: maximize sensitivity + specificity - 1;
+- ``sensitivity=0.95``: the highest specificity among thresholds with sensitivity >= 0.95;
+- ``precision=0.9``: the highest sensitivity among thresholds with precision (PPV) >= 0.9;
+- ``fixed=0.5`` (or a bare number): that threshold.
+Candidates are the observed scores (a sample is positive when p >= t). Ties are broken towards
+the higher threshold, i.e. fewer positives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ThresholdPolicyError(ValueError):
+    pass
+
+
+def parse_policy(policy: str | float) -> tuple[str, float | None]:
+    if isinstance(policy, (int, float)):
+        return "fixed", float(policy)
+    text = str(policy).strip()
+    if text == "youden":
+        return "youden", None
+    if "=" in text:
+        name, value = text.split("=", 1)
+        if name in ("sensitivity", "precision", "fixed"):
+            try:
+                v = float(value)
+            except ValueError as e:
+                raise ThresholdPolicyError(
+                    f"evaluation.threshold={policy!r}: {value!r} is not a number"
+                ) from e
+            if not 0 <= v <= 1:
+                raise ThresholdPolicyError(
+                    f"evaluation.threshold={policy!r}: use a value in [0, 1]"
+                )
+            return name, v
+    try:
+        return "fixed", float(text)
+    except ValueError:
+        raise ThresholdPolicyError(
+            f"evaluation.threshold={policy!r}: use youden, sensitivity=<x>, precision=<x> or "
+            "fixed=<x>"
+        ) from None
+
+
+def _rates(y: np.ndarray, p: np.ndarray, t: np.ndarray):
+    """Sensitivity, specificity and precision for each candidate threshold in ``t``."""
+    pos = p[None, :] >= t[:, None]
+    yy = y[None, :].astype(bool)
+    tp = (pos & yy).sum(1)
+    fp = (pos & ~yy).sum(1)
+    n_pos, n_neg = yy.sum(), (~yy).sum()
+    sens = tp / max(n_pos, 1)
+    spec = 1 - fp / max(n_neg, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prec = np.where(tp + fp > 0, tp / (tp + fp), 1.0)
+    return sens, spec, prec
+
+
+def choose_threshold(y: np.ndarray, p: np.ndarray, policy: str | float) -> float:
+    """The threshold a policy picks on labels ``y`` (0/1) and positive-class scores ``p``."""
+    name, value = parse_policy(policy)
+    if name == "fixed":
+        return float(value)
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=np.float64)
+    if y.min() == y.max():
+        raise ThresholdPolicyError(
+            f"evaluation.threshold={policy!r} needs both classes in the "
+            "validation split; it has one only"
+        )
+    cand = np.unique(np.concatenate([p, [np.nextafter(p.max(), np.inf)]]))[::-1]  # high first
+    sens, spec, prec = _rates(y, p, cand)
+    if name == "youden":
+        score = sens + spec - 1
+    elif name == "sensitivity":
+        score = np.where(sens >= value - 1e-12, spec, -np.inf)
+    else:  # precision
+        score = np.where(prec >= value - 1e-12, sens, -np.inf)
+    if not np.isfinite(score).any():
+        raise ThresholdPolicyError(
+            f"no threshold reaches {name} >= {value} on the validation split"
+        )
+    return float(cand[int(np.argmax(score))])  # argmax takes the first (highest) on ties
