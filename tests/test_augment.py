@@ -84,3 +84,53 @@ def test_preview_writes_a_grid(tmp_path):
     out = preview(str(tmp_path / "grid.png"), FULL, n=3, size=64)
     img = cv2.imread(out, 0)
     assert img.shape == (4 * 64, 4 * 64)
+
+
+def test_albumentations_cpu_path_same_ranges():
+    import numpy as np
+
+    from cxrlab.data.augment import albumentations_pipeline
+
+    img = (np.random.default_rng(0).random((48, 48)) * 255).astype(np.uint8)
+    assert np.array_equal(albumentations_pipeline(AugmentConfig(), 48)(image=img)["image"], img)
+    pipe = albumentations_pipeline(FULL, 48)
+    outs = [pipe(image=img)["image"] for _ in range(4)]
+    assert all(o.dtype == np.uint8 and o.shape == (48, 48) for o in outs)
+    assert not np.array_equal(outs[0], outs[1])
+
+
+def test_module_augments_training_batches_only_and_leaves_labels_alone():
+    from types import SimpleNamespace
+
+    from cxrlab.models.module import CXRClassifier
+
+    m = CXRClassifier(
+        "resnet18",
+        ["a", "b"],
+        [1, 1],
+        {"size": 32},
+        pretrained="false",
+        augment={"rotation": 20, "noise": 0.1},
+    )
+    x = torch.randint(0, 255, (4, 1, 32, 32), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 1, 0])
+    idx = torch.arange(4)
+    m._trainer = SimpleNamespace(training=True)
+    xa, ya, ia = m.on_after_batch_transfer((x, y, idx), 0)
+    m._trainer = SimpleNamespace(training=False)
+    xe, ye, _ = m.on_after_batch_transfer((x, y, idx), 0)
+    assert torch.equal(ya, y) and torch.equal(ye, y) and torch.equal(ia, idx)
+    plain = m.input_spec.normalize(x.float() / 255)
+    assert torch.equal(xe, plain)  # validation/test: normalization only
+    assert not torch.allclose(xa, plain)  # training: augmented
+    cpu_side = CXRClassifier(
+        "resnet18",
+        ["a", "b"],
+        [1, 1],
+        {"size": 32},
+        pretrained="false",
+        augment={"device": "cpu", "rotation": 20},
+    )
+    cpu_side._trainer = SimpleNamespace(training=True)
+    xc, _, _ = cpu_side.on_after_batch_transfer((x, y, idx), 0)
+    assert torch.equal(xc, plain)  # the workers already augmented; nothing twice

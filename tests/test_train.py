@@ -183,7 +183,7 @@ def test_train_writes_the_report_with_a_validation_threshold(binary_run):
 
 def test_eval_py_reproduces_the_training_report(binary_run):
     ckpt = binary_run / "run" / "checkpoints" / "best.ckpt"
-    run_eval(binary_run, f"ckpt_path={ckpt}", "evaluation.bootstrap=200")
+    run_eval(binary_run, f"ckpt_path={ckpt}")  # bootstrap settings come from the checkpoint
     a = json.loads((binary_run / "run" / "report" / "metrics.json").read_text())
     b = json.loads((binary_run / "eval" / "report" / "metrics.json").read_text())
     assert a["images"] == b["images"] and a["patients"] == b["patients"]
@@ -224,3 +224,19 @@ def test_eval_refuses_other_classes_and_foreign_files(binary_run, tmp_path):
     torch.save({"state_dict": {}}, junk)
     proc = run_eval(binary_run, f"ckpt_path={junk}", check=False)
     assert proc.returncode != 0 and "not a cxrlab checkpoint" in proc.stderr
+
+
+def test_cpu_augmentation_bf16_and_channels_last_train(tmp_path):
+    """The alternative data path and the speed options run end to end on the CPU."""
+    proc = run_train(
+        tmp_path,
+        "debug=fast_dev_run",
+        "data.source.num_patients=40",
+        "augment=xray",
+        "augment.device=cpu",
+        "trainer.precision=bf16-mixed",
+        "model.channels_last=true",
+        "data.num_workers=1",
+    )
+    assert (tmp_path / "run" / "test_metrics.json").is_file()
+    assert "bf16" in proc.stdout + proc.stderr

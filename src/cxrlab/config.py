@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from cxrlab.data.augment import AugmentConfig
+from cxrlab.data.augment import AUGMENT_DEVICES, AugmentConfig
 from cxrlab.data.datamodule import BAD_FILE_POLICIES, SOURCES, SPLIT_POLICIES
 from cxrlab.data.preprocess import PreprocessSpec
 from cxrlab.data.selection import check_ratios
@@ -45,11 +45,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"model.dropout={model.dropout}: use a value in [0, 1)")
         if float(model.optimizer.lr) <= 0:
             raise ConfigError(f"model.optimizer.lr={model.optimizer.lr}: must be > 0")
-        aug = {
-            k: v
-            for k, v in OmegaConf.to_container(cfg.augment, resolve=True).items()
-            if k != "device"
-        }
+        aug = OmegaConf.to_container(cfg.augment, resolve=True)
+        _choice(aug.pop("device", "gpu_batch"), AUGMENT_DEVICES, "augment.device")
         AugmentConfig(**aug)
         if cfg.get("evaluation") is not None:
             parse_policy(cfg.evaluation.threshold)

@@ -51,14 +51,15 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     pl.seed_everything(cfg.seed, workers=True)
 
     log.info("Selecting data <%s>", cfg.data.source.name)
-    dm: CXRDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    augment = OmegaConf.to_container(cfg.augment, resolve=True)
+    dm: CXRDataModule = hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all")
     manifest = dm.select()  # cheap, so wrong settings fail before any real work
     model = hydra.utils.instantiate(
         cfg.model,
         class_names=dm.classes,
         class_counts=dm.class_counts("train"),
         preprocess=dm.preprocess.to_dict(),
-        augment=OmegaConf.to_container(cfg.augment, resolve=True),
+        augment=augment,
         _convert_="all",
     )
     callbacks = instantiate_group(cfg.get("callbacks"))
@@ -84,7 +85,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if cfg.get("test", True):
         ckpt = _best_checkpoint(trainer)
         ev = cfg.get("evaluation") or {}
-        set_threshold(trainer, model, dm, ckpt, ev.get("threshold", "youden"))
+        set_threshold(trainer, model, dm, ckpt, ev)
         log.info("Testing %s on the test split", ckpt or "the current weights")
         trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=False)
         metrics.update(
@@ -114,28 +115,44 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     return None
 
 
-def set_threshold(trainer: pl.Trainer, model, dm, ckpt: str | None, policy) -> None:
+def set_threshold(trainer: pl.Trainer, model, dm, ckpt: str | None, ev) -> None:
     """Choose the decision threshold on the validation split (binary tasks) and store it.
 
     The best checkpoint's validation predictions decide it; it is written into the checkpoint
     file, so testing, eval.py and predictors apply exactly this value.
     """
+    policy = ev.get("threshold", "youden")
+    # the report's bootstrap settings travel too, so eval.py reproduces the report exactly
+    settings = {"bootstrap": int(ev.get("bootstrap", 1000)), "seed": int(ev.get("seed", 0))}
+    if model.num_classes == 2:
+        # (validate reloads the checkpoint: what it restores is overwritten below, not before)
+        trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=False, verbose=False)
+    model.evaluation_settings = settings
     if model.num_classes != 2:
+        _update_checkpoint(trainer, ckpt, {"evaluation": settings})
         return
-    trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=False, verbose=False)
     val = model.results["val"]
     model.threshold = choose_threshold(val["labels"].numpy(), val["probs"][:, 1].numpy(), policy)
     model.threshold_policy = str(policy)
     log.info("Threshold %.4f chosen on the validation split (policy %s)", model.threshold, policy)
-    if ckpt and trainer.is_global_zero:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        state["cxrlab"] = {
-            **state.get("cxrlab", {}),
+    _update_checkpoint(
+        trainer,
+        ckpt,
+        {
             "threshold": model.threshold,
             "threshold_policy": model.threshold_policy,
-        }
+            "evaluation": model.evaluation_settings,
+        },
+    )
+
+
+def _update_checkpoint(trainer: pl.Trainer, ckpt: str | None, extra: dict) -> None:
+    """Add to the checkpoint's ``cxrlab`` section (rank 0 writes; every rank waits)."""
+    if ckpt and trainer.is_global_zero:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state["cxrlab"] = {**state.get("cxrlab", {}), **extra}
         torch.save(state, ckpt)
-    trainer.strategy.barrier("threshold")
+    trainer.strategy.barrier("cxrlab-checkpoint")
 
 
 def predictions_frame(dm: CXRDataModule, results: dict) -> pd.DataFrame:

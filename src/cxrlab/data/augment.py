@@ -116,6 +116,42 @@ class BatchAugment(torch.nn.Module):
         return x
 
 
+AUGMENT_DEVICES = ("gpu_batch", "cpu")
+
+
+def albumentations_pipeline(cfg: AugmentConfig, size: int):
+    """The same ranges as ``BatchAugment``, per image in DataLoader workers (``device=cpu``).
+
+    For augmentations that only exist in albumentations, or machines where the device is the
+    bottleneck. Works on uint8 (H, W) arrays; the GPU path remains the default.
+    """
+    import albumentations as A
+    import cv2
+
+    steps = []
+    if cfg.crop_scale < 1:
+        steps.append(A.RandomResizedCrop(size=(size, size), scale=(cfg.crop_scale, 1.0),
+                                         ratio=(1.0, 1.0), p=1.0))
+    if cfg.rotation or cfg.scaling or cfg.shear or cfg.translation:
+        steps.append(A.Affine(scale=(1 - cfg.scaling, 1 + cfg.scaling),
+                              translate_percent=(-cfg.translation, cfg.translation),
+                              rotate=(-cfg.rotation, cfg.rotation), shear=(-cfg.shear, cfg.shear),
+                              border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0))
+    if cfg.horizontal_flip:
+        steps.append(A.HorizontalFlip(p=cfg.horizontal_flip))
+    if cfg.vertical_flip:
+        steps.append(A.VerticalFlip(p=cfg.vertical_flip))
+    if cfg.brightness or cfg.contrast:
+        steps.append(A.RandomBrightnessContrast(brightness_limit=cfg.brightness,
+                                                contrast_limit=cfg.contrast, p=1.0))
+    if cfg.gamma:
+        steps.append(A.RandomGamma(gamma_limit=(100 * math.exp(-cfg.gamma),
+                                                100 * math.exp(cfg.gamma)), p=1.0))
+    if cfg.noise:
+        steps.append(A.GaussNoise(std_range=(0.0, cfg.noise), p=1.0))
+    return A.Compose(steps)
+
+
 def preview(out: str, cfg: AugmentConfig, n: int = 6, seed: int = 0, size: int = 192) -> str:
     """A PNG grid: each row one phantom image, first column the original, then augmentations."""
     import cv2

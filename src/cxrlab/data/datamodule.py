@@ -15,8 +15,11 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from cxrlab.data.augment import AUGMENT_DEVICES, AugmentConfig, albumentations_pipeline
 from cxrlab.data.cache import ImageCache, build_cache
 from cxrlab.data.preprocess import PreprocessSpec
 from cxrlab.data.selection import (
@@ -36,18 +39,25 @@ BAD_FILE_POLICIES = ("skip", "error")
 
 
 class CachedImages(Dataset):
-    """Rows of the cache: (uint8 tensor (1, S, S), label, manifest row index)."""
+    """Rows of the cache: (uint8 tensor (1, S, S), label, manifest row index).
+
+    ``transform`` (the albumentations path, ``augment.device=cpu``) runs per image in the
+    DataLoader workers; by default there is none and augmentation happens on the device.
+    """
 
     def __init__(self, cache: ImageCache, positions: np.ndarray, labels: np.ndarray,
-                 rows: np.ndarray):
+                 rows: np.ndarray, transform=None):
         self.cache, self.positions, self.labels, self.rows = cache, positions, labels, rows
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, i: int):
-        img = torch.from_numpy(np.array(self.cache.images[self.positions[i]]))
-        return img.unsqueeze(0), int(self.labels[i]), int(self.rows[i])
+        img = np.array(self.cache.images[self.positions[i]])
+        if self.transform is not None:
+            img = self.transform(image=img)["image"]
+        return torch.from_numpy(img).unsqueeze(0), int(self.labels[i]), int(self.rows[i])
 
 
 def load_source(name: str):
@@ -71,6 +81,7 @@ class CXRDataModule(pl.LightningDataModule):
         on_bad_file: str = "skip",
         seed: int = 0,
         progress: bool = True,
+        augment: Mapping | None = None,
     ):
         super().__init__()
         # saved in checkpoints: eval.py rebuilds the same selection from a checkpoint alone
@@ -98,6 +109,11 @@ class CXRDataModule(pl.LightningDataModule):
         self.on_bad_file = on_bad_file
         self.seed = int(seed)
         self.progress = progress
+        aug = dict(augment or {})
+        self.augment_device = aug.pop("device", "gpu_batch")
+        if self.augment_device not in AUGMENT_DEVICES:
+            raise ValueError(f"augment.device={self.augment_device!r}: use one of {AUGMENT_DEVICES}")
+        self.augment_cfg = AugmentConfig(**aug)
         self.manifest: pd.DataFrame | None = None
         self.classes: list[str] = []
         self.skipped: dict[str, str] = {}
@@ -162,17 +178,26 @@ class CXRDataModule(pl.LightningDataModule):
         for s in SPLITS:
             rows = np.flatnonzero((df["split"] == s).to_numpy() & ~df["path"].isin(bad).to_numpy())
             labels = df["label"].iloc[rows].map(label_index).to_numpy()
-            self._sets[s] = CachedImages(cache, rows, labels, rows)
+            transform = None
+            if s == "train" and self.augment_device == "cpu":
+                transform = albumentations_pipeline(self.augment_cfg, self.preprocess.size)
+            self._sets[s] = CachedImages(cache, rows, labels, rows, transform)
 
     def dataset(self, split: str) -> CachedImages:
         self.setup()
         return self._sets[split]
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
+        sampler = None
+        if not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # evaluation shards without DistributedSampler's padding: every image is counted
+            # once in the synchronized metrics that checkpointing and early stopping monitor
+            sampler = UnrepeatedDistributedSampler(self.dataset(split), shuffle=False)
         return DataLoader(
             self.dataset(split),
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train and len(self.dataset(split)) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -45,7 +45,8 @@ def plot_confusion(y, pred, classes, split: str, path: Path) -> Path:
         ax.set_yticks(range(len(classes)), classes)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"Confusion matrix ({split}, {title})")
+        ax.set_title(f"{split}: {title}")
+    fig.suptitle("Confusion matrix")
     return _save(fig, path)
 
 
@@ -53,7 +54,7 @@ def plot_roc_pr(y, p, threshold: float | None, split: str, path: Path, classes=N
     """Binary: one curve with the operating point; multi-class: one-vs-rest curves."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.5))
     curves = (
-        [("positive", y, p)]
+        [(classes[1] if classes else "positive", y, p)]
         if p.ndim == 1
         else [(c, (y == i).astype(int), p[:, i]) for i, c in enumerate(classes)]
     )

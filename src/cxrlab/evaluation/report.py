@@ -117,7 +117,7 @@ def write_report(
     plots.plot_confusion(y, pred, classes, split, out / "confusion_matrix.png")
     plots.plot_calibration(y, probs, split, out / "calibration.png")
     if binary:
-        plots.plot_roc_pr(y, probs[:, 1], t, split, out / "roc_pr.png")
+        plots.plot_roc_pr(y, probs[:, 1], t, split, out / "roc_pr.png", classes=classes)
         plots.plot_metrics_vs_threshold(y, probs[:, 1], t, split, out / "metrics_vs_threshold.png")
     else:
         plots.plot_roc_pr(y, probs, None, split, out / "roc_pr.png", classes=classes)

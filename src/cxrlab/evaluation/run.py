@@ -89,14 +89,13 @@ def evaluate(cfg: DictConfig) -> dict:
     trainer.test(model, dataloaders=dm.loader(split))
     model.results[split] = model.results.pop("test")
     out = Path(cfg.paths.output_dir)
+    # bootstrap settings: the command line's, else those of the training run's report
+    ev = {
+        **model.evaluation_settings,
+        **{k: v for k, v in dict(cfg.get("evaluation") or {}).items() if v is not None},
+    }
     report = write_split_report(
-        out / "report",
-        dm,
-        model,
-        split,
-        cfg.get("evaluation") or {},
-        str(ckpt_path),
-        loggers=loggers,
+        out / "report", dm, model, split, ev, str(ckpt_path), loggers=loggers
     )
     for lg in loggers:
         lg.finalize("success")

@@ -116,8 +116,10 @@ class CXRClassifier(pl.LightningModule):
                 f"model.scheduler.name={self.scheduler_cfg['name']!r}: use one of "
                 f"{list(SCHEDULERS)}"
             )
-        aug = {k: v for k, v in dict(augment or {}).items() if k != "device"}
-        self.augment = BatchAugment(AugmentConfig(**aug))
+        aug = dict(augment or {})
+        # augment.device=cpu: the DataLoader workers augment (albumentations); nothing here
+        on_device = aug.pop("device", "gpu_batch") != "cpu"
+        self.augment = BatchAugment(AugmentConfig(**aug) if on_device else AugmentConfig())
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -129,6 +131,7 @@ class CXRClassifier(pl.LightningModule):
         # checkpoints, applied unchanged to test and by predictors
         self.threshold: float | None = None
         self.threshold_policy: str | None = None
+        self.evaluation_settings: dict = {}
         self._outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.results: dict[str, dict] = {}  # per stage: probs, labels, manifest rows
 
@@ -189,11 +192,16 @@ class CXRClassifier(pl.LightningModule):
             return
         probs, y, idx = (torch.cat([o[i] for o in self._outputs]) for i in range(3))
         if self.trainer.world_size > 1:
-            probs = self.all_gather(probs).flatten(0, 1)
-            y = self.all_gather(y).flatten()
-            idx = self.all_gather(idx).flatten()
+            probs, y, idx = (self._gather_uneven(t) for t in (probs, y, idx))
         self.results[stage] = {"probs": probs.cpu(), "labels": y.cpu(), "rows": idx.cpu()}
         self._outputs = []
+
+    def _gather_uneven(self, t: torch.Tensor) -> torch.Tensor:
+        """All ranks' rows, in rank order; shards may differ in length (no padding samples)."""
+        sizes = self.all_gather(torch.tensor([t.shape[0]], device=t.device)).flatten().tolist()
+        pad = t.new_zeros((max(sizes) - t.shape[0], *t.shape[1:]))
+        gathered = self.all_gather(torch.cat([t, pad]))
+        return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
 
     def on_validation_epoch_end(self):
         self._gather_outputs("val")
@@ -210,6 +218,7 @@ class CXRClassifier(pl.LightningModule):
         checkpoint["cxrlab"] = {
             "threshold": self.threshold,
             "threshold_policy": self.threshold_policy,
+            "evaluation": self.evaluation_settings,
             "format": 1,
         }
 
@@ -217,6 +226,7 @@ class CXRClassifier(pl.LightningModule):
         extra = checkpoint.get("cxrlab", {})
         self.threshold = extra.get("threshold")
         self.threshold_policy = extra.get("threshold_policy")
+        self.evaluation_settings = extra.get("evaluation", {})
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):

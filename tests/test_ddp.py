@@ -1,0 +1,65 @@
+"""trainer=ddp_cpu: two gloo processes through train.py, as a user starts them."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import run_eval, run_train
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    os.environ["PYTHONPATH"] = f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    run_train(
+        tmp,
+        "trainer=ddp_cpu",
+        "logger=csv",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=1.0",
+        "trainer.limit_val_batches=1.0",
+        "trainer.limit_test_batches=1.0",
+        "data.source.num_patients=40",
+        "evaluation.bootstrap=100",
+        "+callbacks.probe._target_=ddp_probe.RecordTrainRows",
+        f"+callbacks.probe.out_dir={tmp / 'probe'}",
+    )
+    return tmp
+
+
+def test_one_run_folder_one_checkpoint_pair_one_report(ddp_run):
+    assert sorted(p.name for p in (ddp_run / "run" / "checkpoints").iterdir()) == [
+        "best.ckpt",
+        "last.ckpt",
+    ]
+    assert (ddp_run / "run" / "report" / "metrics.json").is_file()
+    assert not (ddp_run / "logs").exists() or not any((ddp_run / "logs").rglob("*.ckpt"))
+    assert len(list((ddp_run / "run").glob(".hydra"))) == 1
+    logs = sorted(p.name for p in (ddp_run / "run").glob("*.log"))
+    assert logs == ["train.log", "train_ddp_process_1.log"]
+
+
+def test_ranks_train_on_disjoint_shards_covering_the_split(ddp_run):
+    for epoch in (0, 1):
+        r0 = json.loads((ddp_run / "probe" / f"rank0_epoch{epoch}.json").read_text())
+        r1 = json.loads((ddp_run / "probe" / f"rank1_epoch{epoch}.json").read_text())
+        assert r0 and r1 and not set(r0) & set(r1)
+    e0 = json.loads((ddp_run / "probe" / "rank0_epoch0.json").read_text())
+    e1 = json.loads((ddp_run / "probe" / "rank0_epoch1.json").read_text())
+    assert e0 != e1  # reshuffled each epoch
+
+
+def test_two_process_test_metrics_equal_one_process_evaluation(ddp_run):
+    ckpt = ddp_run / "run" / "checkpoints" / "best.ckpt"
+    run_eval(ddp_run, f"ckpt_path={ckpt}", "evaluation.bootstrap=100", "accelerator=cpu")
+    a = json.loads((ddp_run / "run" / "report" / "metrics.json").read_text())
+    b = json.loads((ddp_run / "eval" / "report" / "metrics.json").read_text())
+    assert a["images"] == b["images"]  # every test image once: no padding duplicates
+    for k in ("auroc", "accuracy", "sensitivity", "specificity", "brier"):
+        assert a["metrics"][k]["value"] == pytest.approx(b["metrics"][k]["value"], abs=1e-6), k
+    state = torch.load(ckpt, weights_only=True, map_location="cpu")
+    assert state["cxrlab"]["threshold"] == pytest.approx(a["threshold"]["value"])
