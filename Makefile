@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --no-cache-dir --upgrade pip
-	$(PY) -m pip install --no-cache-dir -e '.[dev]'
+	$(PY) -m pip install --no-cache-dir -e '.[dev,mlflow]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -62,9 +62,38 @@ def test_horizontal_flip_alone_mirrors_exactly_some_samples():
     assert 4 < sum(flipped) < 28
 
 
-def test_rejects_uint8_and_bad_values():
+def test_uint8_cpu_route_matches_the_float_route():
+    """uint8 on CPU takes OpenCV warps + lookup tables: same parameters, same result."""
+    torch.manual_seed(0)
+    x8 = torch.randint(0, 256, (8, 1, 64, 64), dtype=torch.uint8)
+    assert torch.equal(BatchAugment(AugmentConfig())(x8), x8.float() / 255)
+    no_noise = AugmentConfig(
+        rotation=15,
+        scaling=0.1,
+        shear=5,
+        translation=0.1,
+        horizontal_flip=0.5,
+        crop_scale=0.8,
+        brightness=0.1,
+        contrast=0.2,
+        gamma=0.2,
+    )
+    aug = BatchAugment(no_noise)
+    torch.manual_seed(3)
+    via_float = aug(x8.float() / 255)
+    torch.manual_seed(3)
+    via_uint8 = aug(x8)
+    assert via_uint8.dtype == torch.float32 and via_uint8.shape == x8.shape
+    assert (via_float - via_uint8).abs().mean() < 0.005  # bilinear on uint8 vs float
+    noisy = BatchAugment(AugmentConfig(noise=0.05))(x8[:1].repeat(4, 1, 1, 1))
+    residual = noisy - x8[:1].float() / 255
+    assert 0 < residual.std() < 0.06 and not torch.allclose(residual[0], residual[1])
+    assert noisy.min() >= 0 and noisy.max() <= 1
+
+
+def test_rejects_other_types_and_bad_values():
     with pytest.raises(TypeError):
-        BatchAugment(FULL)(torch.zeros(1, 1, 8, 8, dtype=torch.uint8))
+        BatchAugment(FULL)(torch.zeros(1, 1, 8, 8, dtype=torch.int32))
     with pytest.raises(ValueError, match="augment.rotation"):
         AugmentConfig(rotation=-1)
     with pytest.raises(ValueError, match="augment.horizontal_flip"):

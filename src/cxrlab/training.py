@@ -126,7 +126,9 @@ def set_threshold(trainer: pl.Trainer, model, dm, ckpt: str | None, ev) -> None:
     settings = {"bootstrap": int(ev.get("bootstrap", 1000)), "seed": int(ev.get("seed", 0))}
     if model.num_classes == 2:
         # (validate reloads the checkpoint: what it restores is overwritten below, not before)
+        model.log_eval_metrics = False  # collect predictions only: no second val/ point
         trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=False, verbose=False)
+        model.log_eval_metrics = True
     model.evaluation_settings = settings
     if model.num_classes != 2:
         _update_checkpoint(trainer, ckpt, {"evaluation": settings})
@@ -209,6 +211,10 @@ def log_report(loggers, report: dict, out: Path) -> None:
                     },
                 }
             )
+        elif name == "MLFlowLogger":
+            # the whole report folder (metrics.json, predictions, pictures, model card)
+            lg.experiment.log_artifacts(lg.run_id, str(out), artifact_path=out.name)
+            lg.log_metrics({f"report/{k}": v for k, v in values.items()})
         elif name == "TensorBoardLogger":
             import matplotlib.image as mpimg
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -89,31 +90,118 @@ class BatchAugment(torch.nn.Module):
         t = _uniform(2 * n, -c.translation, c.translation, like).view(n, 2, 1) * 2
         return torch.cat([a, t], 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_floating_point():
-            raise TypeError(f"BatchAugment expects floats in [0, 1], got {x.dtype}")
-        n = x.shape[0]
+    def draw(self, n: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every random parameter of a batch, drawn in one fixed order (reproducible)."""
         c = self.cfg
+        p: dict[str, torch.Tensor] = {}
         if c.geometric:
-            theta = self.affine_matrices(n, x).to(x.dtype)
-            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            p["theta"] = self.affine_matrices(n, like)
+        if c.contrast:
+            p["contrast"] = _uniform(n, 1 - c.contrast, 1 + c.contrast, like)
+        if c.brightness:
+            p["brightness"] = _uniform(n, -c.brightness, c.brightness, like)
+        if c.gamma:
+            p["gamma"] = torch.exp(_uniform(n, -c.gamma, c.gamma, like))
+        if c.noise:
+            p["noise"] = _uniform(n, 0, c.noise, like)
+        return p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Floats in [0, 1] -> same dtype; uint8 -> float32 in [0, 1].
+
+        uint8 batches on the CPU take a faster route with the same parameters: OpenCV warps
+        each image (SIMD, uint8), brightness/contrast/gamma become one 256-entry lookup table
+        per sample, and noise comes from a bank of Gaussian fields refreshed every call. On
+        GPUs, and for float input, everything is batched tensor arithmetic.
+        """
+        if x.dtype == torch.uint8:
+            if x.device.type == "cpu":
+                return self._apply_uint8_cpu(x)
+            x = x.float().div_(255.0)
+        if not x.is_floating_point():
+            raise TypeError(f"BatchAugment expects uint8 or floats in [0, 1], got {x.dtype}")
+        n = x.shape[0]
+        p = self.draw(n, x)
+        shape = (n, 1, 1, 1)
+        if "theta" in p:
+            grid = F.affine_grid(p["theta"].to(x.dtype), list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if c.photometric:
-            shape = (n, 1, 1, 1)
-            if c.contrast:
+        if self.cfg.photometric:
+            if "contrast" in p:
                 mean = x.mean(dim=(1, 2, 3), keepdim=True)
-                k = _uniform(n, 1 - c.contrast, 1 + c.contrast, x).view(shape).to(x.dtype)
-                x = (x - mean) * k + mean
-            if c.brightness:
-                x = x + _uniform(n, -c.brightness, c.brightness, x).view(shape).to(x.dtype)
-            if c.gamma:
-                g = torch.exp(_uniform(n, -c.gamma, c.gamma, x)).view(shape).to(x.dtype)
-                x = x.clamp(0, 1) ** g
-            if c.noise:
-                std = _uniform(n, 0, c.noise, x).view(shape).to(x.dtype)
-                x = x + torch.randn_like(x) * std
+                x = (x - mean) * p["contrast"].view(shape).to(x.dtype) + mean
+            if "brightness" in p:
+                x = x + p["brightness"].view(shape).to(x.dtype)
+            if "gamma" in p:
+                x = x.clamp(0, 1) ** p["gamma"].view(shape).to(x.dtype)
+            if "noise" in p:
+                x = x + torch.randn_like(x) * p["noise"].view(shape).to(x.dtype)
             x = x.clamp(0, 1)
         return x
+
+    # ------------------------------------------------------------------ the CPU route
+    def _apply_uint8_cpu(self, x8: torch.Tensor) -> torch.Tensor:
+        import cv2
+
+        n, ch, h, w = x8.shape
+        p = self.draw(n, x8)
+        if "theta" in p:
+            # normalized output->input map (align_corners=False) to pixels: S^-1 @ theta @ S
+            s = torch.tensor([[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]],
+                             dtype=torch.float64)
+            s_inv = torch.linalg.inv(s)
+            theta = torch.cat([p["theta"].double(), torch.tensor([[[0, 0, 1.0]]]).expand(n, 1, 3)], 1)
+            mats = (s_inv @ theta @ s)[:, :2].numpy()
+            src = x8.numpy()
+            out = np.empty_like(src)
+            flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+            for i in range(n):
+                for c in range(ch):
+                    cv2.warpAffine(src[i, c], mats[i], (w, h), dst=out[i, c], flags=flags,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            x8 = torch.from_numpy(out)
+        # brightness / contrast / gamma as one lookup table per sample, in the float order;
+        # cv2.LUT with a float32 table also does the uint8 -> [0, 1] conversion
+        lut = torch.arange(256, dtype=torch.float32).div_(255.0).expand(n, 256)
+        if self.cfg.photometric:
+            if "contrast" in p:
+                mean = x8.view(n, -1).sum(1, dtype=torch.int64).float() / (ch * h * w * 255.0)
+                lut = (lut - mean.view(n, 1)) * p["contrast"].view(n, 1) + mean.view(n, 1)
+            if "brightness" in p:
+                lut = lut + p["brightness"].view(n, 1)
+            if "gamma" in p:
+                lut = lut.clamp(0, 1) ** p["gamma"].view(n, 1)
+            lut = lut.clamp(0, 1)
+        luts = np.ascontiguousarray(lut.numpy(), dtype=np.float32)
+        src = x8.numpy()
+        out = np.empty((n, ch, h, w), np.float32)
+        for i in range(n):
+            for c in range(ch):
+                cv2.LUT(src[i, c], luts[i], dst=out[i, c])
+        if "noise" in p:
+            self._add_noise(out, p["noise"].numpy())
+            np.clip(out, 0, 1, out=out)
+        return torch.from_numpy(out)
+
+    def _add_noise(self, out: np.ndarray, std: np.ndarray, bank_size: int = 8) -> None:
+        """Add unit Gaussian noise x std per sample, in place.
+
+        Fields are windows at random offsets into a bank of double-size Gaussian fields, one of
+        which is redrawn every call: per-pixel Gaussian noise at the cost of a copy.
+        """
+        n, ch, h, w = out.shape
+        bank = getattr(self, "_bank", None)
+        if bank is None or bank.shape[1:] != (2 * h, 2 * w):
+            bank = torch.randn(bank_size, 2 * h, 2 * w).numpy()
+            self._bank, self._bank_next = bank, 0
+        bank[self._bank_next] = torch.randn(2 * h, 2 * w).numpy()
+        self._bank_next = (self._bank_next + 1) % bank_size
+        pick = torch.randint(0, bank_size, (n * ch,)).tolist()
+        dy, dx = torch.randint(0, h, (n * ch,)).tolist(), torch.randint(0, w, (n * ch,)).tolist()
+        for k in range(n * ch):
+            i, c = divmod(k, ch)
+            window = bank[pick[k], dy[k] : dy[k] + h, dx[k] : dx[k] + w]
+            out[i, c] += window * np.float32(std[i])
 
 
 AUGMENT_DEVICES = ("gpu_batch", "cpu")

@@ -132,15 +132,18 @@ class CXRClassifier(pl.LightningModule):
         self.threshold: float | None = None
         self.threshold_policy: str | None = None
         self.evaluation_settings: dict = {}
+        # False while a pass only collects predictions (threshold selection): no logger points
+        self.log_eval_metrics = True
         self._outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.results: dict[str, dict] = {}  # per stage: probs, labels, manifest rows
 
     # ------------------------------------------------------------------ data on the device
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y, idx = batch
-        x = x.float().div_(255.0)
         if self.trainer is not None and self.trainer.training:
-            x = self.augment(x)
+            x = self.augment(x)  # uint8 in, floats in [0, 1] out (a fast route on CPUs)
+        else:
+            x = x.float().div_(255.0)
         x = self.input_spec.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -166,10 +169,11 @@ class CXRClassifier(pl.LightningModule):
         x, y, idx = batch
         logits = self(x)
         probs = logits.float().softmax(1)
-        loss = self.criterion(logits, y)
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(y))
-        _update(metrics, probs, y, self.num_classes)
-        self.log_dict(metrics, on_epoch=True)
+        if self.log_eval_metrics:
+            loss = self.criterion(logits, y)
+            self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(y))
+            _update(metrics, probs, y, self.num_classes)
+            self.log_dict(metrics, on_epoch=True)
         self._outputs.append((probs.detach(), y.detach(), idx.detach()))
 
     def validation_step(self, batch, batch_idx):

@@ -42,3 +42,25 @@ def wandb_logger(offline: bool | str = "auto", save_dir: str = ".", **kwargs):
         )
     settings = wandb.Settings(init_timeout=60, silent=True)
     return WandbLogger(offline=bool(offline), save_dir=save_dir, settings=settings, **kwargs)
+
+
+def mlflow_logger(tracking_uri: str, experiment_name: str = "cxrlab", **kwargs):
+    """Lightning's MLFlowLogger, with a clear message when the optional extra is missing.
+
+    ``tracking_uri``: a local SQLite store (``sqlite:///logs/mlruns/mlflow.db``, the default)
+    or a server URL (``http://mlflow.hospital.local:5000``).
+    """
+    try:
+        import mlflow  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            "logger=mlflow needs MLflow, an optional extra: pip install -e '.[mlflow]' "
+            "(make install does this)"
+        ) from e
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    elif kwargs.get("artifact_location"):
+        kwargs["artifact_location"] = None  # a server keeps artifacts where it is configured to
+    return MLFlowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, **kwargs)
