@@ -175,7 +175,7 @@ def bench_data(repeats: int = 3) -> dict:
 # 2. training throughput vs ceiling
 
 
-def bench_train(backbone: str = "resnet18", size: int = 128, repeats: int = 3) -> dict:
+def bench_train(backbone: str = "resnet18", size: int = 128, repeats: int = 5) -> dict:
     import pytorch_lightning as pl
 
     from cxrlab.data import phantom
@@ -198,7 +198,9 @@ def bench_train(backbone: str = "resnet18", size: int = 128, repeats: int = 3) -
         split={"ratios": {"train": 0.8, "val": 0.1, "test": 0.1}},
         preprocess={"size": size},
         batch_size=BATCH,
-        num_workers=2,
+        # no loader workers without a GPU: memmap reads are cheap, and workers would compete
+        # with the model for the same two cores
+        num_workers=0 if not torch.cuda.is_available() else 2,
         cache_dir=str(BENCH / "cache"),
         augment=aug,
     )
