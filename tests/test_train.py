@@ -13,7 +13,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_train(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_script(script: str, tmp: Path, run_dir: str, overrides, check: bool):
+    """Run an entry point as a user does, with its data, logs and run folder under ``tmp``."""
     env = dict(
         os.environ,
         WANDB_MODE="offline",
@@ -23,17 +24,24 @@ def run_train(tmp: Path, *overrides: str, check: bool = True) -> subprocess.Comp
     )
     cmd = [
         sys.executable,
-        str(ROOT / "train.py"),
-        "debug=default",
+        str(ROOT / script),
         f"paths.data_dir={tmp / 'data'}",
         f"paths.log_dir={tmp / 'logs'}",
-        f"hydra.run.dir={tmp / 'run'}",
+        f"hydra.run.dir={tmp / run_dir}",
         *overrides,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def run_train(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run_script("train.py", tmp, "run", ["debug=default", *overrides], check)
+
+
+def run_eval(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run_script("eval.py", tmp, "eval", overrides, check)
 
 
 @pytest.fixture(scope="module")
@@ -135,22 +143,6 @@ def test_bad_config_fails_early_naming_the_key(tmp_path, override, key):
     assert proc.returncode != 0
     assert key in proc.stderr + proc.stdout
     assert not (tmp_path / "run" / "checkpoints").exists()  # failed before any training
-
-
-def run_eval(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="offline", HYDRA_FULL_ERROR="1", CXRLAB_ROOT=str(ROOT))
-    cmd = [
-        sys.executable,
-        str(ROOT / "eval.py"),
-        f"paths.data_dir={tmp / 'data'}",
-        f"paths.log_dir={tmp / 'logs'}",
-        f"hydra.run.dir={tmp / 'eval'}",
-        *overrides,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"eval.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")
