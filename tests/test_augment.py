@@ -163,3 +163,14 @@ def test_module_augments_training_batches_only_and_leaves_labels_alone():
     cpu_side._trainer = SimpleNamespace(training=True)
     xc, _, _ = cpu_side.on_after_batch_transfer((x, y, idx), 0)
     assert torch.equal(xc, plain)  # the workers already augmented; nothing twice
+
+
+def test_preview_command_composes_the_preset(tmp_path):
+    """`python -m cxrlab.data.augment --preview out.png --preset xray`, as the docs show it."""
+    import cv2
+
+    from cxrlab.data.augment import main
+
+    out = tmp_path / "xray.png"
+    main(["--preview", str(out), "--preset", "xray"])
+    assert cv2.imread(str(out), 0).shape == (4 * 192, 7 * 192)

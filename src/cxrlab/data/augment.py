@@ -270,16 +270,19 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     from pathlib import Path
 
-    import yaml
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     p = argparse.ArgumentParser(description="Write a PNG grid of augmented phantom images.")
-    p.add_argument("--preview", required=True, help="output PNG")
-    p.add_argument("--preset", default="xray", help="a file name in configs/augment/")
+    p.add_argument("--preview", required=True, help="output image (PNG or JPEG)")
+    p.add_argument("--preset", default="xray", help="an option of configs/augment/")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    cfg_file = Path(__file__).resolve().parents[3] / "configs" / "augment" / f"{args.preset}.yaml"
-    values = {k: v for k, v in yaml.safe_load(cfg_file.read_text()).items()
-              if not k.startswith("_") and k != "device"}
+    configs = Path(__file__).resolve().parents[3] / "configs"
+    with initialize_config_dir(str(configs), version_base="1.3"):
+        cfg = compose("train.yaml", overrides=[f"augment={args.preset}"])
+    values = OmegaConf.to_container(cfg.augment, resolve=True)
+    values.pop("device", None)
     preview(args.preview, AugmentConfig(**values), seed=args.seed)
 
 
