@@ -18,7 +18,7 @@ def ddp_run(tmp_path_factory):
     run_train(
         tmp,
         "trainer=ddp_cpu",
-        "logger=csv",
+        "logger=many",
         "trainer.max_epochs=2",
         "trainer.limit_train_batches=1.0",
         "trainer.limit_val_batches=1.0",
@@ -41,6 +41,21 @@ def test_one_run_folder_one_checkpoint_pair_one_report(ddp_run):
     assert len(list((ddp_run / "run").glob(".hydra"))) == 1
     logs = sorted(p.name for p in (ddp_run / "run").glob("*.log"))
     assert logs == ["train.log", "train_ddp_process_1.log"]
+
+
+def test_every_logger_records_one_run(ddp_run):
+    run = ddp_run / "run"
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1
+    # TensorBoard: one folder, files of one process (rank 0 reopens its writer per stage)
+    events = list((run / "tensorboard").rglob("events.out.tfevents*"))
+    assert len({e.parent for e in events}) == 1
+    assert len({e.name.split(".")[-2] for e in events}) == 1  # the writer's process id
+    assert (run / "csv" / "metrics.csv").is_file()
+    mlflow = pytest.importorskip("mlflow")
+    store = ddp_run / "logs" / "mlruns" / "mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    exp = client.get_experiment_by_name("cxrlab")
+    assert len(client.search_runs([exp.experiment_id])) == 1
 
 
 def test_ranks_train_on_disjoint_shards_covering_the_split(ddp_run):

@@ -117,7 +117,8 @@ def test_resume_from_last_checkpoint(tmp_path):
         "callbacks.early_stopping=null",
     )
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False, map_location="cpu")["epoch"] == 0
+    first = torch.load(last, weights_only=False, map_location="cpu")
+    assert first["epoch"] == 0 and first["global_step"] == 3  # debug: 3 batches an epoch
     proc = run_train(
         tmp_path,
         "trainer.max_epochs=2",
@@ -125,8 +126,12 @@ def test_resume_from_last_checkpoint(tmp_path):
         f"ckpt_path={last}",
         "callbacks.early_stopping=null",
     )
-    assert "Restoring states from the checkpoint" in proc.stdout + proc.stderr
-    assert torch.load(last, weights_only=False, map_location="cpu")["epoch"] == 1
+    out = proc.stdout + proc.stderr
+    assert "Restored all states from the checkpoint" in out
+    assert "Epoch 1/1" in out and "Epoch 0/1" not in out  # continued; did not start over
+    resumed = torch.load(last, weights_only=False, map_location="cpu")
+    assert resumed["global_step"] == 6  # the optimizer steps of both epochs, counted once
+    assert resumed["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 2
 
 
 @pytest.mark.parametrize(
