@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -237,3 +238,51 @@ def test_cpu_augmentation_bf16_and_channels_last_train(tmp_path):
     )
     assert (tmp_path / "run" / "test_metrics.json").is_file()
     assert "bf16" in proc.stdout + proc.stderr
+
+
+def test_predictor_matches_the_test_phase_predictions(binary_run):
+    """A checkpoint alone reproduces the training run's test probabilities and labels."""
+    from cxrlab.inference.predictor import Predictor
+
+    run = binary_run / "run"
+    expected = pd.read_csv(run / "report" / "predictions.csv")
+    predictor = Predictor.from_checkpoint(run / "checkpoints" / "best.ckpt", device="cpu")
+    assert predictor.classes == ["normal", "pneumonia"]
+    assert predictor.spec.size == 32
+    got = predictor.predict_files(expected["path"], batch_size=7, progress=False)
+    assert list(got["path"]) == list(expected["path"])
+    for c in predictor.classes:
+        assert np.abs(got[f"prob_{c}"] - expected[f"prob_{c}"]).max() < 1e-5
+    assert list(got["prediction"]) == list(expected["prediction"])
+
+
+def test_predict_py_on_a_folder_with_a_broken_file(binary_run, tmp_path):
+    import shutil
+
+    sources = pd.read_csv(binary_run / "run" / "report" / "predictions.csv")["path"][:3]
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for i, p in enumerate(sources):
+        shutil.copy(p, folder / ("sub" if i else "") / Path(p).name)
+    (folder / "broken.png").write_bytes(b"not a png")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    out = tmp_path / "preds.csv"
+    cmd = [
+        sys.executable,
+        str(ROOT / "predict.py"),
+        "--ckpt",
+        str(binary_run / "run" / "checkpoints" / "best.ckpt"),
+        str(folder),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_csv(out, keep_default_na=False)
+    assert len(df) == 4  # three images and the broken file; .DS_Store is not an image
+    broken = df[df["path"].str.endswith("broken.png")]
+    assert "not a decodable image" in broken["error"].iloc[0]
+    ok = df[df["error"] == ""]
+    assert len(ok) == 3 and set(ok["prediction"]) <= {"normal", "pneumonia"}
+    assert np.allclose(ok["prob_normal"].astype(float) + ok["prob_pneumonia"].astype(float), 1)
+    assert "1 could not be read" in proc.stderr

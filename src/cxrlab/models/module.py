@@ -140,14 +140,22 @@ class CXRClassifier(pl.LightningModule):
     # ------------------------------------------------------------------ data on the device
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y, idx = batch
-        if self.trainer is not None and self.trainer.training:
-            x = self.augment(x)  # uint8 in, floats in [0, 1] out (a fast route on CPUs)
-        else:
+        if self.trainer.training:
+            # uint8 in, floats in [0, 1] out (a fast route on CPUs), then the same as below
+            return self.to_network_input(self.augment(x)), y, idx
+        return self.to_network_input(x), y, idx
+
+    def to_network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or [0, 1] float) batch (B, 1, S, S) -> what the network expects.
+
+        The one place evaluation, testing and the Predictor prepare inputs: no train/serve skew.
+        """
+        if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         x = self.input_spec.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, y, idx
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward_net(x)

@@ -1,0 +1,1 @@
+"""Inference: a Predictor restored from a checkpoint alone, and the predict.py command."""

@@ -1,0 +1,141 @@
+"""Predict from files with a checkpoint alone: no config, the training run's exact input path.
+
+``Predictor.from_checkpoint(path)`` restores the backbone, class names, preprocessing
+(``PreprocessSpec``), input normalization (``InputSpec``) and decision threshold saved by
+train.py, loading only tensors and plain types (``weights_only``). Files go through the same
+``load_preprocessed`` the cache used for training and the module's ``to_network_input``.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrlab.data.imageio import SUPPORTED_SUFFIXES, UnreadableImageError
+from cxrlab.data.preprocess import PreprocessSpec, load_preprocessed
+from cxrlab.evaluation.run import load_model
+from cxrlab.models.module import CXRClassifier
+from cxrlab.utils.progress import track
+
+log = logging.getLogger(__name__)
+
+
+class Predictor:
+    def __init__(self, model: CXRClassifier, device: str | torch.device | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().to(self.device)
+        self.classes: list[str] = list(model.class_names)
+        self.spec = PreprocessSpec(**dict(model.hparams["preprocess"]))
+        self.threshold: float | None = model.threshold
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device=None) -> Predictor:
+        return cls(load_model(path), device)
+
+    @torch.no_grad()
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Preprocessed uint8 squares (N, S, S) -> class probabilities (N, K)."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(self.device)
+        logits = self.model(self.model.to_network_input(x))
+        return logits.float().softmax(1).cpu().numpy()
+
+    def label(self, probs: np.ndarray) -> list[str]:
+        """Binary: positive when its probability reaches the stored threshold; else argmax."""
+        if len(self.classes) == 2 and self.threshold is not None:
+            return [self.classes[int(p >= self.threshold)] for p in probs[:, 1]]
+        return [self.classes[i] for i in probs.argmax(1)]
+
+    def predict_files(
+        self, paths: Iterable[str | Path], batch_size: int = 32, progress: bool = True
+    ) -> pd.DataFrame:
+        """One row per file: probabilities, label and threshold, or the reason it failed."""
+        paths = [str(p) for p in paths]
+        rows: list[dict] = []
+        batch: list[tuple[str, np.ndarray]] = []
+
+        def flush():
+            if batch:
+                probs = self.predict_arrays(np.stack([a for _, a in batch]))
+                for (p, _), pr, lab in zip(batch, probs, self.label(probs)):
+                    rows.append(
+                        {
+                            "path": p,
+                            **{f"prob_{c}": float(v) for c, v in zip(self.classes, pr)},
+                            "prediction": lab,
+                            "threshold": self.threshold,
+                            "error": "",
+                        }
+                    )
+                batch.clear()
+
+        for p in track(paths, total=len(paths), description="predict", enabled=progress):
+            try:
+                batch.append((p, load_preprocessed(p, self.spec)))
+            except UnreadableImageError as e:
+                log.warning("Skipping %s", e)
+                rows.append({"path": p, "error": e.reason})
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+        columns = ["path", *[f"prob_{c}" for c in self.classes], "prediction", "threshold", "error"]
+        order = {p: i for i, p in enumerate(paths)}
+        df = pd.DataFrame(rows, columns=columns)
+        return df.sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[str]:
+    """Files, folders (searched recursively for supported images) and glob patterns."""
+    out: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(
+                str(f)
+                for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES
+            )
+        elif p.exists():
+            out.append(str(p))
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{item}: no such file, folder or matching pattern")
+            out += matches
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Predict chest X-ray classes with a cxrlab checkpoint."
+    )
+    parser.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
+    parser.add_argument("--ckpt", required=True, help="a checkpoint written by train.py")
+    parser.add_argument("--out", default="predictions.csv", help="a .csv or .json file")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    predictor = Predictor.from_checkpoint(args.ckpt, args.device)
+    df = predictor.predict_files(expand_inputs(args.inputs), args.batch_size)
+    out = Path(args.out)
+    if out.suffix.lower() == ".json":
+        out.write_text(df.to_json(orient="records", indent=2))
+    else:
+        df.to_csv(out, index=False)
+    failed = df[df["error"].fillna("") != ""]
+    log.info(
+        "Predicted %d files into %s; %d could not be read%s",
+        len(df) - len(failed),
+        out,
+        len(failed),
+        "".join(f"\n  {r.path}: {r.error}" for r in failed.itertuples()),
+    )
+    return 0
