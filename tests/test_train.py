@@ -286,3 +286,33 @@ def test_predict_py_on_a_folder_with_a_broken_file(binary_run, tmp_path):
     assert len(ok) == 3 and set(ok["prediction"]) <= {"normal", "pneumonia"}
     assert np.allclose(ok["prob_normal"].astype(float) + ok["prob_pneumonia"].astype(float), 1)
     assert "1 could not be read" in proc.stderr
+
+
+def test_train_returns_the_best_checkpoints_validation_metric(tmp_path):
+    """What a sweep optimizes: the monitored value of the checkpoint that gets tested."""
+    from conftest import compose_train
+    from omegaconf import open_dict
+
+    from cxrlab.training import train
+
+    cfg = compose_train(
+        [
+            "debug=default",
+            "trainer.max_epochs=3",
+            "data.source.num_patients=40",
+            f"paths.data_dir={tmp_path / 'data'}",
+            "callbacks.early_stopping=null",
+            "callbacks.progress_bar=null",
+            "evaluation.bootstrap=20",
+        ],
+        tmp_path,
+    )
+    with open_dict(cfg):
+        del cfg["hydra"]  # as a task function receives it
+    metrics, objects = train(cfg)
+    cb = objects["trainer"].checkpoint_callback
+    assert cb.monitor == cfg.optimized_metric == "val/auroc"
+    assert metrics["val/auroc"] == pytest.approx(float(cb.best_model_score))
+    ckpt = torch.load(cb.best_model_path, weights_only=True, map_location="cpu")
+    stored = ckpt["callbacks"][next(k for k in ckpt["callbacks"] if "ModelCheckpoint" in k)]
+    assert metrics["val/auroc"] == pytest.approx(float(stored["best_model_score"]))

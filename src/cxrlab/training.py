@@ -81,6 +81,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         log.info("Training")
         trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        cb = trainer.checkpoint_callback
+        if cb is not None and cb.monitor and cb.best_model_score is not None:
+            # the monitored metric of the checkpoint that is tested, not of the last epoch
+            metrics[cb.monitor] = float(cb.best_model_score)
 
     if cfg.get("test", True):
         ckpt = _best_checkpoint(trainer)
