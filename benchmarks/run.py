@@ -129,7 +129,7 @@ def bench_data(repeats: int = 3) -> dict:
     cache = build_cache(files, PreprocessSpec(size=SIZE), cache_dir, workers=2)
     build_s = time.perf_counter() - t
     n = len(files)
-    ds = CachedImages(cache, np.arange(n), np.zeros(n, int), np.arange(n))
+    ds = CachedImages(cache, np.arange(n), np.zeros(n, int))
     ours = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=0)
     aug = BatchAugment(
         AugmentConfig(
@@ -308,7 +308,7 @@ def memory_child(n: int, size: int = 64) -> None:
 
     cache = ImageCache(fake_store(n, size))
     rng = np.random.default_rng(0)
-    ds = CachedImages(cache, np.arange(n), rng.integers(0, 2, n), np.arange(n))
+    ds = CachedImages(cache, np.arange(n), rng.integers(0, 2, n))
     loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=2)
     net, spec = build_backbone("resnet18", 2, pretrained="false")
     opt = torch.optim.SGD(net.parameters(), 0.01)

@@ -20,6 +20,7 @@ from cxrlab.config import validate
 from cxrlab.data.datamodule import CXRDataModule
 from cxrlab.evaluation.report import headline, write_report
 from cxrlab.evaluation.thresholds import choose_threshold
+from cxrlab.utils.nested import flatten
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +31,6 @@ def instantiate_group(cfg: DictConfig | None) -> list:
     for _, conf in (cfg or {}).items():
         if isinstance(conf, DictConfig) and "_target_" in conf:
             out.append(hydra.utils.instantiate(conf))
-    return out
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{key}/"))
-        else:
-            out[key] = v
     return out
 
 

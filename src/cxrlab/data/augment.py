@@ -246,6 +246,7 @@ def preview(out: str, cfg: AugmentConfig, n: int = 6, seed: int = 0, size: int =
     import numpy as np
 
     from cxrlab.data import phantom
+    from cxrlab.data.preprocess import PreprocessSpec, preprocess_array
 
     torch.manual_seed(seed)
     pcfg = phantom.PhantomConfig(num_patients=4, seed=seed)
@@ -254,8 +255,6 @@ def preview(out: str, cfg: AugmentConfig, n: int = 6, seed: int = 0, size: int =
     aug = BatchAugment(cfg)
     for job in jobs:
         img, _ = phantom.render(job.anat, job.seed, 512)
-        from cxrlab.data.preprocess import PreprocessSpec, preprocess_array
-
         sq = preprocess_array(img, 255.0, PreprocessSpec(size=size))
         x = torch.from_numpy(sq).float().div(255).view(1, 1, size, size).repeat(n, 1, 1, 1)
         y = aug(x)

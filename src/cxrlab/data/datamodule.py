@@ -39,22 +39,22 @@ BAD_FILE_POLICIES = ("skip", "error")
 
 
 class CachedImages(Dataset):
-    """Rows of the cache: (uint8 tensor (1, S, S), label, manifest row index).
+    """Some rows of the cache: (uint8 tensor (1, S, S), label, row index).
 
+    The cache is built from the manifest in its order, so a row index addresses both the cached
+    image and the manifest row (path, patient) that predictions are joined back to.
     ``transform`` (the albumentations path, ``augment.device=cpu``) runs per image in the
     DataLoader workers; by default there is none and augmentation happens on the device.
     """
 
-    def __init__(self, cache: ImageCache, positions: np.ndarray, labels: np.ndarray,
-                 rows: np.ndarray, transform=None):
-        self.cache, self.positions, self.labels, self.rows = cache, positions, labels, rows
-        self.transform = transform
+    def __init__(self, cache: ImageCache, rows: np.ndarray, labels: np.ndarray, transform=None):
+        self.cache, self.rows, self.labels, self.transform = cache, rows, labels, transform
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return len(self.rows)
 
     def __getitem__(self, i: int):
-        img = np.array(self.cache.images[self.positions[i]])
+        img = np.array(self.cache.images[self.rows[i]])
         if self.transform is not None:
             img = self.transform(image=img)["image"]
         return torch.from_numpy(img).unsqueeze(0), int(self.labels[i]), int(self.rows[i])
@@ -181,7 +181,7 @@ class CXRDataModule(pl.LightningDataModule):
             transform = None
             if s == "train" and self.augment_device == "cpu":
                 transform = albumentations_pipeline(self.augment_cfg, self.preprocess.size)
-            self._sets[s] = CachedImages(cache, rows, labels, rows, transform)
+            self._sets[s] = CachedImages(cache, rows, labels, transform)
 
     def dataset(self, split: str) -> CachedImages:
         self.setup()

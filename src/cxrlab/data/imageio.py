@@ -112,10 +112,3 @@ def _looks_like_dicom(p: Path) -> bool:
         head = f.read(132)
     return len(head) == 132 and head[128:132] == b"DICM"
 
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the header alone where the format allows it."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.size

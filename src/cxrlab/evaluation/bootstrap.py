@@ -11,15 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-
-def flatten_metrics(d: dict, prefix: str = "") -> dict[str, float]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten_metrics(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = float(v)
-    return out
+from cxrlab.utils.nested import flatten
 
 
 def patient_bootstrap(
@@ -41,8 +33,8 @@ def patient_bootstrap(
     for _ in range(n_boot):
         pick = rng.integers(0, len(uniq), len(uniq))
         rows = np.concatenate([rows_of[i] for i in pick])
-        for k, v in flatten_metrics(metric_fn(rows)).items():
-            samples.setdefault(k, []).append(v)
+        for k, v in flatten(metric_fn(rows)).items():
+            samples.setdefault(k, []).append(float(v))
     alpha = (1 - level) / 2
     out = {}
     for k, vals in samples.items():
