@@ -5,6 +5,8 @@ from pathlib import Path
 
 import hydra
 
+import cxrlab  # noqa: F401  (registers the config resolvers, e.g. ${cxrlab.default:...})
+
 os.environ.setdefault("CXRLAB_ROOT", str(Path(__file__).resolve().parent))
 
 

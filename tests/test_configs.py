@@ -67,3 +67,35 @@ def test_bad_values_name_the_key(override, key, tmp_path):
 def test_paths_are_inside_the_repository_by_default():
     cfg = compose_train([])
     assert Path(cfg.paths.data_dir).name == "data"
+
+
+def test_optuna_search_space_names_keys_that_exist(tmp_path):
+    """Every searched key is a real config key (or a config group), every range parses."""
+    from cxrlab.sweep.search_space import parse
+
+    cfg = compose_train(["hparams_search=optuna", "experiment=template"], tmp_path)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("CXRLabOptunaSweeper")
+    assert sweeper.study_name == "train-template-optuna"  # derived from the experiment
+    assert str(sweeper.storage).startswith("sqlite:///")
+    assert str(cfg.hydra.sweep.dir).endswith("optuna/train-template-optuna")
+    space, fixed = parse(OmegaConf.to_container(sweeper.params))
+    assert len(space) >= 10 and not fixed
+    for key in space:
+        if (CONFIGS / key).is_dir():  # a group choice: every value is an option
+            assert set(space[key].choices) <= set(options(key)), key
+        else:
+            assert OmegaConf.select(cfg, key) is not None, f"{key} is not in the config"
+    # and each group option still has the searched keys
+    for model in space["model"].choices:
+        chosen = compose_train(["hparams_search=optuna", f"model={model}"], tmp_path)
+        for key in space:
+            if key.startswith("model."):
+                assert OmegaConf.select(chosen, key) is not None, (model, key)
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = compose_train(["hparams_search=optuna", "hydra/launcher=cxrlab_slurm"], tmp_path)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.tasks_per_node == 1 and cfg.hydra.launcher.gpus_per_node == 1

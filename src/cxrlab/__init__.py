@@ -1,1 +1,5 @@
 """cxrlab: chest X-ray classification."""
+
+from cxrlab.utils.resolvers import register as _register_resolvers
+
+_register_resolvers()

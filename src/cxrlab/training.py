@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cxrlab.config import validate
 from cxrlab.data.datamodule import CXRDataModule
@@ -53,7 +56,13 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         _convert_="all",
     )
     callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"))
+    reporter = None
+    if cfg.get("optuna_trial"):
+        from cxrlab.sweep.trial import OptunaTrialReporter
+
+        reporter = OptunaTrialReporter(cfg.optuna_trial, str(cfg.optimized_metric))
+        callbacks.append(reporter)
+    loggers = instantiate_group(name_trial_runs(cfg.get("logger"), cfg.get("optuna_trial")))
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False
     )
@@ -66,6 +75,66 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     for lg in loggers:
         lg.log_hyperparams(hparams)
 
+    try:
+        with ddp_ranks_follow_this_job():
+            metrics, pruned = _fit_and_test(cfg, trainer, model, dm, loggers, reporter, out_dir)
+    except BaseException:
+        # close the loggers' runs and the process group even when the run fails: in a sweep
+        # the next trial runs in this process and must not log into this run's W&B run
+        finish(trainer, loggers, "failed")
+        raise
+    finish(trainer, loggers, "finished" if pruned else "success")
+    if pruned and trainer.is_global_zero:
+        import optuna
+
+        raise optuna.TrialPruned(reporter.pruned_message())
+    return metrics, {"trainer": trainer, "model": model, "datamodule": dm}
+
+
+LIGHTNING_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def ddp_ranks_follow_this_job():
+    """In a Hydra multirun job, make the DDP ranks that Lightning starts run *this* job.
+
+    Lightning starts ranks 1..N-1 by re-running ``sys.argv`` with ``hydra.run.dir`` set to
+    ``HydraConfig.run.dir``. In a sweep, ``sys.argv`` is the whole sweep command (``-m`` and
+    every search space) and ``run.dir`` is not the job's folder: each extra rank would start a
+    sweep of its own and train another trial's configuration. For the duration of the job the
+    command becomes the job's own overrides and ``run.dir`` the job's folder. (Plain Hydra
+    multiruns, ``-m model=a,b trainer=ddp``, are fixed by the same means.)
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        yield
+        return
+    hc = HydraConfig.get()
+    argv, run_dir = sys.argv, hc.run.dir
+    # Lightning also leaves LOCAL_RANK etc. in this process's environment; the next job would
+    # take them as "ranks are started externally" and wait forever for ranks nobody starts
+    env = {k: os.environ.get(k) for k in LIGHTNING_DDP_ENV}
+    sys.argv = [argv[0], *hc.overrides.task]
+    with read_write(hc), open_dict(hc):
+        hc.run.dir = hc.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(hc), open_dict(hc):
+            hc.run.dir = run_dir
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _fit_and_test(cfg, trainer, model, dm, loggers, reporter, out_dir) -> tuple[dict, bool]:
+    """(metrics, pruned): fit, choose the threshold on validation, test the best checkpoint."""
     metrics: dict = {}
     if cfg.get("train", True):
         log.info("Training")
@@ -75,6 +144,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         if cb is not None and cb.monitor and cb.best_model_score is not None:
             # the monitored metric of the checkpoint that is tested, not of the last epoch
             metrics[cb.monitor] = float(cb.best_model_score)
+        if reporter is not None and reporter.pruned_at is not None:
+            # a pruned trial is not tested: its test metrics would only invite a look
+            return metrics, True
 
     if cfg.get("test", True):
         ckpt = _best_checkpoint(trainer)
@@ -90,14 +162,53 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
                 out_dir / "report", dm, model, "test", ev, ckpt, loggers=loggers
             )
             write_test_metrics(out_dir, report, ckpt)
+    return metrics, False
 
+
+def finish(trainer: pl.Trainer, loggers, status: str) -> None:
+    """Close the loggers and the DDP process group, so a sweep's next trial starts clean."""
     for lg in loggers:
-        lg.finalize("success")
+        try:
+            lg.finalize(status)
+        except Exception as e:  # closing a logger must not hide the run's own error
+            log.warning("Closing logger %s failed: %s", type(lg).__name__, e)
     if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
         import wandb
 
-        wandb.finish()
-    return metrics, {"trainer": trainer, "model": model, "datamodule": dm}
+        wandb.finish(exit_code=0 if status != "failed" else 1)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Lightning keeps the group after fit/test; the next trial in this process (a sweep)
+        # would otherwise join the old group while its new worker processes wait for a new one
+        if status != "failed":  # a failed rank may never reach a barrier
+            trainer.strategy.barrier("cxrlab-finish")
+        torch.distributed.destroy_process_group()
+
+
+def name_trial_runs(logger_cfg: DictConfig | None, trial) -> DictConfig | None:
+    """Sweep trials: each logger's run carries the study and trial number in its name.
+
+    (The trial's ``optuna_trial.*`` values reach every logger's hyper-parameters too, with
+    the rest of the config.)
+    """
+    if not logger_cfg or not trial:
+        return logger_cfg
+    logger_cfg = logger_cfg.copy()
+    study, number = str(trial.study), int(trial.number)
+    with open_dict(logger_cfg):
+        for conf in logger_cfg.values():
+            target = str(conf.get("_target_", "")) if isinstance(conf, DictConfig) else ""
+            if target.endswith("wandb_logger") or target.endswith("WandbLogger"):
+                conf.name = conf.get("name") or f"{study}-trial-{number}"
+                conf.group = conf.get("group") or study
+            elif "MLFlowLogger" in target or target.endswith("mlflow_logger"):
+                conf.run_name = conf.get("run_name") or f"{study}-trial-{number}"
+                conf.tags = {
+                    **(conf.get("tags") or {}),
+                    "optuna_study": study,
+                    "optuna_trial": str(number),
+                }
+            # TensorBoard and CSV write into the trial's own run folder already
+    return logger_cfg
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:

@@ -1,0 +1,1 @@
+"""Hyper-parameter sweeps: cxrlab's Optuna sweeper for Hydra (``hparams_search=optuna``)."""

@@ -1,0 +1,271 @@
+"""cxrlab's Optuna sweeper: Hydra launches the trials, Optuna's ask-and-tell API steers them.
+
+Why not hydra-optuna-sweeper (1.3.0, its latest release): it pins optuna<3, and optuna 2.10
+breaks on SQLAlchemy 2 (every database storage fails); installed beside a current optuna with
+``--no-deps`` it runs, but one failing trial still ends the whole sweep, a trial never sees its
+``optuna.Trial`` (so no pruning), and a killed sweep leaves trials RUNNING forever. This
+sweeper keeps that plugin's configuration surface (sampler, direction, storage, study_name,
+n_trials, n_jobs, params in the same override grammar) and closes those holes.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+
+import optuna
+from hydra.core.utils import JobStatus
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+
+from cxrlab.sweep import study as studies
+from cxrlab.sweep.report import write_study_report
+from cxrlab.sweep.search_space import parse, to_override
+from cxrlab.sweep.trial import ACTIVE
+
+log = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = ("loss", "error", "ece", "brier")
+
+
+class SweepError(RuntimeError):
+    pass
+
+
+def direction_for(direction: str, metric: str | None) -> str:
+    if direction != "auto":
+        if direction not in ("maximize", "minimize"):
+            raise SweepError(f"hydra.sweeper.direction={direction!r}: use auto, maximize, minimize")
+        return direction
+    name = (metric or "").lower()
+    return "minimize" if any(w in name for w in LOWER_IS_BETTER) else "maximize"
+
+
+def job_failure(ret) -> tuple[TrialState, str | None]:
+    """The trial state and reason for one finished Hydra job."""
+    if ret.status == JobStatus.COMPLETED:
+        value = ret.return_value
+        if value is None:
+            return TrialState.FAIL, "the run returned no value for optimized_metric"
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return TrialState.FAIL, f"the run returned {value!r}, not a number"
+        if not math.isfinite(value):
+            return TrialState.FAIL, f"optimized_metric is {value} (training diverged?)"
+        return TrialState.COMPLETE, None
+    exc = ret._return_value
+    if isinstance(exc, optuna.TrialPruned):
+        return TrialState.PRUNED, str(exc)
+    text = f"{type(exc).__name__}: {exc}".strip()
+    if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
+        text = "out of memory: " + text
+    return TrialState.FAIL, text[:2000]
+
+
+class OptunaSweep:
+    def __init__(
+        self,
+        sampler,
+        pruner,
+        direction: str,
+        storage: str | None,
+        study_name: str,
+        n_trials: int,
+        n_jobs: int,
+        params,
+        max_failures: int,
+        heartbeat_interval: int | None,
+        plots: bool = True,
+        enqueue=None,
+    ):
+        self.sampler = sampler
+        self.pruner = pruner
+        self.direction = direction
+        self.storage_url = str(storage) if storage else None
+        self.study_name = str(study_name)
+        self.n_trials = int(n_trials)
+        self.n_jobs = max(1, int(n_jobs))
+        self.params = dict(params or {})
+        self.max_failures = int(max_failures)
+        self.heartbeat_interval = heartbeat_interval
+        self.plots = plots
+        self.enqueue = [dict(e) for e in (enqueue or [])]
+        self.launcher: Launcher | None = None
+        self.config: DictConfig | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> None:
+        assert self.launcher is not None and self.config is not None
+        # optuna marks set_metric_names/fail_stale_trials "experimental" and warns that the
+        # heartbeat is meant for Study.optimize: this sweeper records the heartbeat itself
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        space, fixed = parse(self.params, arguments)
+        metric = self.config.get("optimized_metric")
+        direction = direction_for(self.direction, metric)
+        storage = studies.open_storage(self.storage_url, self.heartbeat_interval)
+        if storage is None:
+            log.warning("hydra.sweeper.storage is null: the study lives in memory and is lost")
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            sampler=self.sampler,
+            pruner=self.pruner or optuna.pruners.NopPruner(),
+            direction=direction,
+            load_if_exists=True,
+        )
+        if metric:
+            study.set_metric_names([str(metric)])
+        for params in self.enqueue:
+            unknown = set(params) - set(space)
+            if unknown:
+                raise SweepError(
+                    f"hydra.sweeper.enqueue names {sorted(unknown)}, which are not in the "
+                    f"search space {sorted(space)}"
+                )
+            study.enqueue_trial(params, skip_if_exists=True)
+        out = Path(str(self.config.hydra.sweep.dir))
+        out.mkdir(parents=True, exist_ok=True)
+        studies.recover_killed_trials(study)
+        studies.fail_stale(study)
+        c = studies.counts(study)
+        log.info(
+            "Study %r in %s (%s %s): %d complete, %d pruned, %d failed so far; target %d "
+            "trials in all; folder %s",
+            study.study_name,
+            studies.mask(self.storage_url),
+            direction,
+            metric,
+            c["complete"],
+            c["pruned"],
+            c["fail"],
+            self.n_trials,
+            out,
+        )
+        log.info("Search space: %s", {k: str(v) for k, v in space.items()})
+
+        def report(plots: bool = False):
+            return write_study_report(
+                study,
+                out,
+                metric=str(metric),
+                fixed=fixed,
+                storage_url=self.storage_url,
+                plots=plots,
+            )
+
+        failures, launched = 0, 0
+        try:
+            while True:
+                studies.fail_stale(study)
+                room = studies.room_left(study, self.n_trials)
+                if room <= 0:
+                    break
+                batch = []
+                for _ in range(min(self.n_jobs, room)):
+                    trial = study.ask(space)
+                    if studies.is_surplus(study, trial, self.n_trials):
+                        trial.set_user_attr("fail_reason", "surplus: the study was full")
+                        study.tell(trial, state=TrialState.FAIL)
+                        continue
+                    batch.append(trial)
+                if not batch:
+                    break
+                failures += self._run_batch(study, batch, fixed, launched)
+                launched += len(batch)
+                report()
+                if failures >= self.max_failures:
+                    raise SweepError(
+                        f"{failures} trials failed in this sweep process "
+                        f"(hydra.sweeper.max_failures={self.max_failures}); see fail_reason "
+                        f"in {out / 'trials.csv'} and each trial's train.log"
+                    )
+        finally:
+            summary = report(plots=self.plots)
+        if "best_trial" in summary:
+            log.info(
+                "Best trial %d: %s=%.4f with %s. Retrain it: %s",
+                summary["best_trial"],
+                metric,
+                summary["best_value"],
+                summary["best_params"],
+                summary["retrain"],
+            )
+        log.info("Study report: %s (trials.csv, best.yaml, plots/)", out)
+
+    def _run_batch(self, study: optuna.Study, batch: list, fixed: list[str], launched: int) -> int:
+        overrides = []
+        for trial in batch:
+            trial.set_user_attr("host", studies.HOST)
+            trial.set_user_attr("pid", os.getpid())
+            ref = f"{{id:{trial._trial_id},number:{trial.number},study:{_quote(study.study_name)}}}"
+            overrides.append(
+                [
+                    *fixed,
+                    *(to_override(k, v) for k, v in trial.params.items()),
+                    f"++optuna_trial={ref}",
+                ]
+            )
+            ACTIVE[trial._trial_id] = trial
+        failures = 0
+        try:
+            with studies.Heartbeat(study, [t._trial_id for t in batch]):
+                try:
+                    returns = self.launcher.launch(overrides, initial_job_idx=launched)
+                except Exception as e:  # e.g. a config group choice that does not exist
+                    returns = [e] * len(batch)
+            for trial, ret in zip(batch, returns):
+                if isinstance(ret, Exception):
+                    state, reason = (
+                        TrialState.FAIL,
+                        f"could not launch: {type(ret).__name__}: {ret}",
+                    )
+                else:
+                    state, reason = job_failure(ret)
+                    out_dir = ret.hydra_cfg.hydra.runtime.output_dir if ret.hydra_cfg else None
+                    if out_dir:
+                        trial.set_user_attr("run_dir", str(out_dir))
+                if reason and state == TrialState.FAIL:
+                    trial.set_user_attr("fail_reason", reason)
+                    failures += 1
+                    log.warning("Trial %d failed: %s", trial.number, reason)
+                if state == TrialState.COMPLETE:
+                    study.tell(trial, float(ret.return_value))
+                else:
+                    study.tell(trial, state=state)
+                log.info(
+                    "Trial %d %s%s",
+                    trial.number,
+                    state.name.lower(),
+                    f": {reason}" if reason and state == TrialState.PRUNED else "",
+                )
+        finally:
+            for trial in batch:
+                ACTIVE.pop(trial._trial_id, None)
+            gc.collect()
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()  # the next trial starts with the GPU's memory
+            except Exception:
+                pass
+        return failures
+
+
+def _quote(text: str) -> str:
+    return text if text.replace("-", "").replace("_", "").isalnum() else f"'{text}'"

@@ -1,0 +1,101 @@
+"""The training run's side of a sweep: find its Optuna trial, report every epoch, stop if pruned.
+
+The sweeper hands each run ``optuna_trial={id, number, study}`` as an override. A run in the
+sweeper's process (Hydra's basic launcher) finds the live trial in ``ACTIVE``; a run elsewhere
+(SLURM through hydra-submitit-launcher) opens the study from the storage named in
+``hydra.sweeper``. Either way the pruner is the study's, so every worker prunes alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytorch_lightning as pl
+
+log = logging.getLogger(__name__)
+
+# trial id -> optuna.trial.Trial, filled by the sweeper for runs in its own process
+ACTIVE: dict = {}
+
+
+def resolve_trial(ref):
+    """The ``optuna.trial.Trial`` that ``ref`` (the ``optuna_trial`` config) names."""
+    import optuna
+
+    trial_id = int(ref["id"])
+    if trial_id in ACTIVE:
+        return ACTIVE[trial_id]
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    if not HydraConfig.initialized():
+        raise RuntimeError(
+            f"optuna_trial={dict(ref)} is set, but this run is neither in the sweeper's process "
+            "nor started by Hydra: optuna_trial is for the sweeper to set, not for users"
+        )
+    sweeper = HydraConfig.get().sweeper
+    storage = sweeper.get("storage")
+    if not storage:
+        raise RuntimeError(
+            "This trial runs outside the sweeper's process, so the study needs a database "
+            "storage (hydra.sweeper.storage), not an in-memory one"
+        )
+    from cxrlab.sweep.study import open_storage
+
+    pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
+    study = optuna.load_study(
+        study_name=str(ref["study"]),
+        storage=open_storage(str(storage), heartbeat_interval=None),
+        pruner=pruner or optuna.pruners.NopPruner(),
+        sampler=optuna.samplers.RandomSampler(),
+    )
+    return optuna.trial.Trial(study, trial_id)
+
+
+class OptunaTrialReporter(pl.Callback):
+    """Reports the monitored validation metric to the trial after each epoch; prunes.
+
+    Rank 0 talks to the study; the decision is broadcast so every DDP rank stops together.
+    A pruned run stops like an early-stopped one (checkpoints kept); ``train()`` then raises
+    ``optuna.TrialPruned`` so the sweeper records the trial as pruned.
+    """
+
+    def __init__(self, ref, monitor: str):
+        self.ref = ref
+        self.monitor = monitor
+        self.trial = None
+        self.pruned_at: int | None = None
+        self.last_value: float | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if trainer.is_global_zero and self.trial is None:
+            self.trial = resolve_trial(self.ref)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        prune = False
+        if trainer.is_global_zero:
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is not None and math.isfinite(float(value)):
+                self.last_value = float(value)
+                self.trial.report(self.last_value, step=trainer.current_epoch)
+                prune = bool(self.trial.should_prune())
+        prune = trainer.strategy.broadcast(prune, src=0)
+        if prune:
+            self.pruned_at = trainer.current_epoch
+            trainer.should_stop = True
+            log.info(
+                "Trial %s pruned after epoch %d (%s=%s): stopping",
+                self.ref["number"],
+                self.pruned_at,
+                self.monitor,
+                self.last_value,
+            )
+
+    def pruned_message(self) -> str:
+        return (
+            f"pruned by the study's pruner after epoch {self.pruned_at} "
+            f"({self.monitor}={self.last_value})"
+        )

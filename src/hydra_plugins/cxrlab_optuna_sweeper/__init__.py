@@ -1,0 +1,1 @@
+"""Hydra discovers this package (``hydra_plugins`` namespace) and registers cxrlab's sweeper."""

@@ -1,0 +1,305 @@
+"""`python train.py -m hparams_search=optuna` end to end: failures, resume, SIGKILL, pruning,
+parallel workers on PostgreSQL, DDP trials. Tiny phantom, a few short epochs per trial."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "debug=default",
+    "evaluation.bootstrap=50",
+    "hydra.sweeper.params=null",  # each test names its own (small) search space
+    "hydra.sweeper.plots=false",
+]
+
+# the study's name: <task_name>-<experiment or "default">-<hparams_search choice>
+FAULTS = "debug-default-faults"
+# trials asked for first, in this order: a config error, a diverging run, a good run
+FAULTS_CONFIG = """# @package _global_
+defaults:
+  - optuna
+  - _self_
+hydra:
+  sweeper:
+    enqueue:
+      - {model.optimizer.name: bogus, model.optimizer.lr: 0.001}
+      - {model.optimizer.name: adam, model.optimizer.lr: 1.0e+30}
+      - {model.optimizer.name: adam, model.optimizer.lr: 0.001}
+"""
+
+
+def sweep_cmd(tmp: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        f"paths.data_dir={tmp.parent / 'shared-data'}",  # one phantom for the module
+        f"paths.log_dir={tmp / 'logs'}",
+        *TINY,
+        *overrides,
+    ]
+
+
+def sweep_env() -> dict:
+    return dict(
+        os.environ,
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        HYDRA_FULL_ERROR="1",
+        CXRLAB_ROOT=str(ROOT),
+    )
+
+
+def run_sweep(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        sweep_cmd(tmp, *overrides), capture_output=True, text=True, env=sweep_env(), timeout=900
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sweep failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def load(tmp: Path, name: str = "debug-default-optuna", storage: str | None = None):
+    url = storage or f"sqlite:///{tmp / 'logs' / 'optuna' / 'studies.db'}"
+    return optuna.load_study(study_name=name, storage=url)
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    return tmp_path_factory.mktemp("sweeps")
+
+
+@pytest.fixture(scope="module")
+def fault_sweep(sweeps):
+    """Three enqueued trials (config error, NaN, good) with every logger; then a re-run."""
+    tmp = sweeps / "faults"
+    conf = tmp / "conf" / "hparams_search"
+    conf.mkdir(parents=True)
+    (conf / "faults.yaml").write_text(FAULTS_CONFIG)
+    common = [f"hydra.searchpath=[file://{tmp / 'conf'}]", "hparams_search=faults"]
+    run_sweep(
+        tmp,
+        *common,
+        "model.optimizer.name=choice(adam,bogus)",
+        "model.optimizer.lr=choice(0.001,1e30)",
+        "trainer.max_epochs=2",
+        "logger=many",
+        "hydra.sweeper.n_trials=1",
+    )
+    table = pd.read_csv(tmp / "logs" / "optuna" / FAULTS / "trials.csv")
+    best = yaml.safe_load((tmp / "logs" / "optuna" / FAULTS / "best.yaml").read_text())
+    # the same study, one more trial, a search space without the faults
+    second = run_sweep(
+        tmp,
+        *common,
+        "hydra.sweeper.enqueue=null",
+        "model.dropout=interval(0.0,0.5)",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        "hydra.sweeper.n_trials=2",
+    )
+    return tmp, best, table, second
+
+
+def test_failing_and_diverging_trials_are_recorded_and_the_sweep_goes_on(fault_sweep):
+    tmp, best, table, _ = fault_sweep
+    rows = table.set_index("number")
+    assert list(rows.loc[[0, 1, 2], "state"]) == ["FAIL", "FAIL", "COMPLETE"]
+    assert "model.optimizer.name" in rows.loc[0, "fail_reason"]  # the config error, by key
+    assert "nan" in rows.loc[1, "fail_reason"].lower()  # the diverged run
+    folder = tmp / "logs" / "optuna" / FAULTS
+    assert (folder / "trial_2" / "test_metrics.json").is_file()
+    assert best["best_trial"] == 2 and best["trials"]["fail"] == 2
+    assert "model.optimizer.lr=0.001" in best["retrain"] and "hparams_search" not in best["retrain"]
+
+
+def test_rerunning_the_command_continues_the_study(fault_sweep):
+    tmp, _, _, second = fault_sweep
+    study = load(tmp, FAULTS)
+    states = [t.state for t in study.trials]
+    assert states[:3] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 2
+    assert len(study.trials) == 4  # n_trials counts the whole study: one more trial
+    assert "1 complete, 0 pruned, 2 failed so far" in second.stderr + second.stdout
+    folder = tmp / "logs" / "optuna" / FAULTS
+    assert {p.name for p in folder.glob("trial_*")} >= {"trial_1", "trial_2", "trial_3"}
+
+
+def test_each_trial_is_its_own_run_in_every_logger(fault_sweep):
+    """W&B and MLflow runs are named after study and trial; a failed trial's run is closed
+    (the next trial in the same process must not log into it)."""
+    mlflow = pytest.importorskip("mlflow")
+    tmp, *_ = fault_sweep
+    folder = tmp / "logs" / "optuna" / FAULTS
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'logs' / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cxrlab").experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    diverged, good = (
+        by_name[f"{FAULTS}-trial-1"],
+        by_name[f"{FAULTS}-trial-2"],
+    )
+    assert diverged.info.status == "FAILED" and good.info.status == "FINISHED"
+    assert good.data.tags["optuna_study"] == FAULTS
+    assert good.data.tags["optuna_trial"] == "2"
+    assert good.data.params["optuna_trial/number"] == "2"
+    for n in (1, 2):
+        wandb_runs = list((folder / f"trial_{n}" / "wandb").glob("offline-run-*"))
+        assert len(wandb_runs) == 1, f"trial {n}: {wandb_runs}"
+    ids = {
+        p.name.split("-")[-1]
+        for n in (1, 2)
+        for p in (folder / f"trial_{n}" / "wandb").glob("offline-run-*")
+    }
+    assert len(ids) == 2
+
+
+def test_pruned_trial_stops_early_in_a_separate_process(sweeps):
+    """The pruner stops a trial at an epoch; the trial runs through submitit's local launcher,
+    i.e. in another process that finds its trial in the SQLite storage (the SLURM path)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    tmp = sweeps / "prune"
+    run_sweep(
+        tmp,
+        "hparams_search=optuna",
+        "hydra/launcher=submitit_local",
+        "model.dropout=interval(0.0,0.5)",
+        "trainer.max_epochs=4",
+        "hydra.sweeper.n_trials=1",
+        # prune whatever is reported from the second epoch on (a deterministic pruner)
+        "hydra.sweeper.pruner=null",
+        "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1.01,n_warmup_steps:1}",
+    )
+    (trial,) = load(tmp).trials
+    assert trial.state == TrialState.PRUNED
+    assert sorted(trial.intermediate_values) == [0, 1]  # stopped after epoch 1 of 4
+    run = Path(trial.user_attrs["run_dir"])
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "test_metrics.json").exists()  # pruned trials are not tested
+
+
+def test_sigkilled_sweep_leaves_a_usable_study_and_the_rerun_retries_the_trial(sweeps):
+    tmp = sweeps / "kill"
+    args = ["hparams_search=optuna", "model.dropout=interval(0.0,0.5)", "hydra.sweeper.pruner=null"]
+    proc = subprocess.Popen(
+        sweep_cmd(tmp, *args, "trainer.max_epochs=50", "hydra.sweeper.n_trials=1"),
+        env=sweep_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # until the trial has reported an epoch
+            time.sleep(2)
+            try:
+                trials = load(tmp).trials
+            except Exception:  # the study does not exist yet
+                continue
+            if trials and trials[0].intermediate_values:
+                break
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+        else:
+            raise AssertionError("no epoch reported within 300 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (killed,) = load(tmp).trials
+    assert killed.state == TrialState.RUNNING  # what a killed process leaves behind
+
+    run_sweep(tmp, *args, "trainer.max_epochs=1", "hydra.sweeper.n_trials=1")
+    study = load(tmp)
+    first, retry = study.trials
+    assert first.state == TrialState.FAIL and "killed" in first.user_attrs["fail_reason"]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == first.params
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A real PostgreSQL server on 127.0.0.1 (.ci/run starts it; started here if missing)."""
+    url = os.environ.get("CXRLAB_TEST_POSTGRES_URL")
+    if not url:
+        proc = subprocess.run(
+            ["bash", str(ROOT / ".ci" / "postgres.sh")], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            if os.environ.get("CI"):
+                pytest.fail(f"PostgreSQL could not be started in CI:\n{proc.stderr[-2000:]}")
+            pytest.skip(f"no PostgreSQL here: {proc.stderr.strip()[-300:]}")
+        url = proc.stdout.strip().splitlines()[-1]
+    pytest.importorskip("psycopg")  # SQLAlchemy 2.1: postgresql:// means psycopg 3
+    return url
+
+
+def test_two_workers_share_one_postgresql_study(sweeps, postgres_url):
+    tmp = sweeps / "parallel"
+    name = f"parallel-{uuid.uuid4().hex[:8]}"
+    args = [
+        "hparams_search=optuna",
+        f"hydra.sweeper.storage={postgres_url}",
+        f"hydra.sweeper.study_name={name}",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.pruner=null",
+        "model.optimizer.lr=tag(log,interval(1e-4,1e-2))",
+        "model.dropout=interval(0.0,0.5)",
+        "trainer.max_epochs=1",
+    ]
+    # one seed per worker (docs/sweeps.md): the same seed would propose the same parameters
+    workers = [
+        subprocess.Popen(
+            sweep_cmd(tmp, *args, f"hydra.sweeper.sampler.seed={seed}"),
+            env=sweep_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
+    outputs = [w.communicate(timeout=900)[0] for w in workers]
+    for w, out in zip(workers, outputs):
+        assert w.returncode == 0, out[-4000:]
+    trials = load(tmp, name, storage=postgres_url).trials
+    counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(counted) == 4, [(t.number, t.state, t.user_attrs) for t in trials]
+    assert len({t.number for t in trials}) == len(trials)
+    assert len({tuple(sorted(t.params.items())) for t in counted}) == 4  # no duplicates
+    assert len({t.user_attrs["pid"] for t in counted}) == 2  # both workers ran trials
+    for t in counted:
+        assert (Path(t.user_attrs["run_dir"]) / "test_metrics.json").is_file()
+
+
+def test_sweep_trials_can_train_with_ddp(sweeps):
+    """Two DDP trials in one sweep process: the second must start a fresh process group."""
+    tmp = sweeps / "ddp"
+    run_sweep(
+        tmp,
+        "hparams_search=optuna",
+        "trainer=ddp_cpu",
+        "model.dropout=interval(0.0,0.5)",
+        "trainer.max_epochs=1",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.pruner=null",
+    )
+    trials = load(tmp).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:
+        run = Path(t.user_attrs["run_dir"])
+        assert (run / "test_metrics.json").is_file()
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+        # the second rank ran this trial's own config, in this trial's folder
+        assert (run / "train_ddp_process_1.log").is_file()
+        child = (run / "train_ddp_process_1.log").read_text()
+        assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in child
+    assert len(trials) == 2  # a rank never started a sweep (or a trial) of its own
+    assert not (tmp / "logs" / "debug").exists()  # no stray run folders

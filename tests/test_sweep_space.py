@@ -1,0 +1,106 @@
+"""The sweeper's pure parts: search-space grammar, override round trips, trial outcomes."""
+
+import math
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from cxrlab.sweep.search_space import SearchSpaceError, parse, to_override
+from cxrlab.sweep.study import mask
+from cxrlab.sweep.sweeper import SweepError, direction_for, job_failure
+
+
+def test_grammar_maps_to_optuna_distributions():
+    space, fixed = parse(
+        {
+            "model.optimizer.lr": "tag(log, interval(1e-4, 3e-3))",
+            "model.dropout": "interval(0.0, 0.5)",
+            "trainer.max_epochs": "int(interval(4, 12))",
+            "data.batch_size": "choice(16, 32, 64)",
+            "model": "choice(densenet121_xrv, resnet18)",
+            "data.preprocess.size": "range(64, 128, 32)",
+            "model.loss.name": "focal",
+        }
+    )
+    assert space["model.optimizer.lr"] == FloatDistribution(1e-4, 3e-3, log=True)
+    assert space["model.dropout"] == FloatDistribution(0.0, 0.5)
+    assert space["trainer.max_epochs"] == IntDistribution(4, 12)
+    assert space["data.batch_size"] == CategoricalDistribution([16, 32, 64])
+    assert space["model"] == CategoricalDistribution(["densenet121_xrv", "resnet18"])
+    assert space["data.preprocess.size"] == IntDistribution(64, 128, step=32)
+    assert fixed == ["model.loss.name=focal"]
+
+
+def test_command_line_sweeps_join_and_win_over_the_config():
+    space, fixed = parse(
+        {"model.dropout": "interval(0.0, 0.5)", "data.batch_size": "choice(16, 32)"},
+        ["experiment=template", "model.dropout=interval(0.1,0.2)", "data.batch_size=8"],
+    )
+    assert space == {"model.dropout": FloatDistribution(0.1, 0.2)}
+    assert fixed == ["experiment=template", "data.batch_size=8"]
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"model.optimizer.lr": "tag(log, interval(0.0, 1e-2))"}, "above 0"),
+        ({"model": "tag(log, choice(a, b))"}, r"interval\(\) or range\(\)"),
+        ({"model.dropout": "interval(0.0"}, "cannot parse"),
+    ],
+)
+def test_bad_search_space_names_the_key(params, message):
+    with pytest.raises(SearchSpaceError, match=message):
+        parse(params)
+
+
+@pytest.mark.parametrize(
+    "value", ["adam", "sensitivity=0.95", "a b", "it's", 3, 0.1, 1e-7, True, False, None]
+)
+def test_overrides_parse_back_to_the_sampled_value(value):
+    (override,) = OverridesParser.create().parse_overrides([to_override("k", value)])
+    assert override.value() == value
+    assert type(override.value()) is type(value)
+
+
+def _ret(status, value):
+    r = JobReturn()
+    r.status = status
+    r._return_value = value
+    return r
+
+
+@pytest.mark.parametrize(
+    "status, value, state, reason",
+    [
+        (JobStatus.COMPLETED, 0.81, TrialState.COMPLETE, None),
+        (JobStatus.COMPLETED, math.nan, TrialState.FAIL, "nan"),
+        (JobStatus.COMPLETED, None, TrialState.FAIL, "no value"),
+        (JobStatus.FAILED, optuna.TrialPruned("pruned at 2"), TrialState.PRUNED, "pruned at 2"),
+        (JobStatus.FAILED, ValueError("model.optimizer.name='x'"), TrialState.FAIL, "ValueError"),
+        (JobStatus.FAILED, RuntimeError("CUDA out of memory"), TrialState.FAIL, "out of memory"),
+    ],
+)
+def test_job_outcome_becomes_a_trial_state_with_a_reason(status, value, state, reason):
+    got_state, got_reason = job_failure(_ret(status, value))
+    assert got_state == state
+    if reason is None:
+        assert got_reason is None
+    else:
+        assert reason in got_reason
+
+
+def test_direction_follows_the_metric():
+    assert direction_for("auto", "val/auroc") == "maximize"
+    assert direction_for("auto", "val/loss") == "minimize"
+    assert direction_for("minimize", "val/auroc") == "minimize"
+    with pytest.raises(SweepError, match="direction"):
+        direction_for("up", "val/auroc")
+
+
+def test_storage_password_is_masked_in_logs():
+    assert mask("postgresql://optuna:s3cret@db:5432/x") == "postgresql://optuna:***@db:5432/x"
+    assert mask(None) == "in-memory"
