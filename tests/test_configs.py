@@ -69,16 +69,17 @@ def test_paths_are_inside_the_repository_by_default():
     assert Path(cfg.paths.data_dir).name == "data"
 
 
-def test_optuna_search_space_names_keys_that_exist(tmp_path):
+@pytest.mark.parametrize("search", options("hparams_search"))
+def test_optuna_search_space_names_keys_that_exist(search, tmp_path):
     """Every searched key is a real config key (or a config group), every range parses."""
     from cxrlab.sweep.search_space import parse
 
-    cfg = compose_train(["hparams_search=optuna", "experiment=template"], tmp_path)
+    cfg = compose_train([f"hparams_search={search}", "experiment=template"], tmp_path)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("CXRLabOptunaSweeper")
-    assert sweeper.study_name == "train-template-optuna"  # derived from the experiment
+    assert sweeper.study_name == f"train-template-{search}"  # derived from the experiment
     assert str(sweeper.storage).startswith("sqlite:///")
-    assert str(cfg.hydra.sweep.dir).endswith("optuna/train-template-optuna")
+    assert str(cfg.hydra.sweep.dir).endswith(f"optuna/train-template-{search}")
     space, fixed = parse(OmegaConf.to_container(sweeper.params))
     assert len(space) >= 10 and not fixed
     for key in space:
@@ -88,7 +89,7 @@ def test_optuna_search_space_names_keys_that_exist(tmp_path):
             assert OmegaConf.select(cfg, key) is not None, f"{key} is not in the config"
     # and each group option still has the searched keys
     for model in space["model"].choices:
-        chosen = compose_train(["hparams_search=optuna", f"model={model}"], tmp_path)
+        chosen = compose_train([f"hparams_search={search}", f"model={model}"], tmp_path)
         for key in space:
             if key.startswith("model."):
                 assert OmegaConf.select(chosen, key) is not None, (model, key)

@@ -78,3 +78,35 @@ def test_two_process_test_metrics_equal_one_process_evaluation(ddp_run):
         assert a["metrics"][k]["value"] == pytest.approx(b["metrics"][k]["value"], abs=1e-6), k
     state = torch.load(ckpt, weights_only=True, map_location="cpu")
     assert state["cxrlab"]["threshold"] == pytest.approx(a["threshold"]["value"])
+
+
+def test_class_balanced_sampler_shards_under_ddp(tmp_path):
+    """data.sampler=weighted with two processes: each rank draws its own half of one
+    class-balanced epoch (the phantom is 3:1 pneumonia:normal), new draws every epoch."""
+    os.environ["PYTHONPATH"] = f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    run_train(
+        tmp_path,
+        "trainer=ddp_cpu",
+        "data.sampler=weighted",
+        "data.epoch_size=128",
+        "data.batch_size=16",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=1.0",
+        "data.source.num_patients=40",
+        "evaluation.bootstrap=20",
+        "test=false",
+        "+callbacks.probe._target_=ddp_probe.RecordTrainRows",
+        f"+callbacks.probe.out_dir={tmp_path / 'probe'}",
+    )
+    probe = tmp_path / "probe"
+    draws = {}
+    for epoch in (0, 1):
+        for rank in (0, 1):
+            rows = json.loads((probe / f"rank{rank}_epoch{epoch}.json").read_text())
+            labels = json.loads((probe / f"labels_rank{rank}_epoch{epoch}.json").read_text())
+            assert len(rows) == 64  # half of the 128-draw epoch each
+            draws[rank, epoch] = rows
+        both = json.loads((probe / f"labels_rank0_epoch{epoch}.json").read_text()) + labels
+        assert 0.35 < sum(both) / len(both) < 0.65  # balanced, not 0.75
+        assert draws[0, epoch] != draws[1, epoch]
+    assert draws[0, 0] != draws[0, 1]

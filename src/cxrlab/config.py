@@ -5,11 +5,12 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from cxrlab.data.augment import AUGMENT_DEVICES, AugmentConfig
-from cxrlab.data.datamodule import BAD_FILE_POLICIES, SOURCES, SPLIT_POLICIES
+from cxrlab.data.datamodule import BAD_FILE_POLICIES, SAMPLERS, SOURCES, SPLIT_POLICIES
 from cxrlab.data.preprocess import PreprocessSpec
 from cxrlab.data.selection import check_ratios
 from cxrlab.evaluation.thresholds import parse_policy
 from cxrlab.models.backbones import check_backbone
+from cxrlab.models.finetune import FinetuneConfig
 from cxrlab.models.losses import LOSSES
 from cxrlab.models.module import OPTIMIZERS, SCHEDULERS
 
@@ -29,6 +30,7 @@ def validate(cfg: DictConfig) -> None:
         _choice(data.source.name, SOURCES, "data.source.name")
         _choice(data.split.policy, SPLIT_POLICIES, "data.split.policy")
         _choice(data.on_bad_file, BAD_FILE_POLICIES, "data.on_bad_file")
+        _choice(data.get("sampler", "shuffle"), SAMPLERS, "data.sampler")
         _choice(data.task, ("binary", "multiclass"), "data.task")
         check_ratios(OmegaConf.to_container(data.split.ratios, resolve=True))
         PreprocessSpec(**OmegaConf.to_container(data.preprocess, resolve=True))
@@ -41,6 +43,7 @@ def validate(cfg: DictConfig) -> None:
         _choice(model.optimizer.name, OPTIMIZERS, "model.optimizer.name")
         _choice(model.scheduler.name, SCHEDULERS, "model.scheduler.name")
         _choice(str(model.pretrained).lower(), ("auto", "true", "false"), "model.pretrained")
+        FinetuneConfig(**OmegaConf.to_container(model.get("finetune") or {}, resolve=True))
         if not 0 <= float(model.dropout) < 1:
             raise ConfigError(f"model.dropout={model.dropout}: use a value in [0, 1)")
         if float(model.optimizer.lr) <= 0:

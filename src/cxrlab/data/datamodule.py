@@ -20,6 +20,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from cxrlab.data.augment import AUGMENT_DEVICES, AugmentConfig, albumentations_pipeline
+from cxrlab.data.samplers import DistributedWeightedSampler, class_balanced_weights
 from cxrlab.data.cache import ImageCache, build_cache
 from cxrlab.data.preprocess import PreprocessSpec
 from cxrlab.data.selection import (
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 SOURCES = ("synthetic", "kaggle_pneumonia")
 SPLIT_POLICIES = ("resplit", "official")
 BAD_FILE_POLICIES = ("skip", "error")
+SAMPLERS = ("shuffle", "weighted")
 
 
 class CachedImages(Dataset):
@@ -82,6 +84,8 @@ class CXRDataModule(pl.LightningDataModule):
         seed: int = 0,
         progress: bool = True,
         augment: Mapping | None = None,
+        sampler: str = "shuffle",
+        epoch_size: int | None = None,
     ):
         super().__init__()
         # saved in checkpoints: eval.py rebuilds the same selection from a checkpoint alone
@@ -109,6 +113,12 @@ class CXRDataModule(pl.LightningDataModule):
         self.on_bad_file = on_bad_file
         self.seed = int(seed)
         self.progress = progress
+        if sampler not in SAMPLERS:
+            raise ValueError(f"data.sampler={sampler!r}: use one of {SAMPLERS}")
+        self.sampler = sampler
+        if epoch_size is not None and int(epoch_size) < 1:
+            raise ValueError(f"data.epoch_size={epoch_size}: use a positive number or null")
+        self.epoch_size = None if epoch_size is None else int(epoch_size)
         aug = dict(augment or {})
         self.augment_device = aug.pop("device", "gpu_batch")
         if self.augment_device not in AUGMENT_DEVICES:
@@ -189,14 +199,20 @@ class CXRDataModule(pl.LightningDataModule):
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
         sampler = None
-        if not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if train and self.sampler == "weighted":
+            # class-balanced draws with replacement; disjoint shards per DDP rank
+            labels = self.dataset(split).labels
+            sampler = DistributedWeightedSampler(
+                class_balanced_weights(labels), self.epoch_size or len(labels), seed=self.seed
+            )
+        elif not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # evaluation shards without DistributedSampler's padding: every image is counted
             # once in the synchronized metrics that checkpointing and early stopping monitor
             sampler = UnrepeatedDistributedSampler(self.dataset(split), shuffle=False)
         return DataLoader(
             self.dataset(split),
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train and len(self.dataset(split)) > self.batch_size,
             num_workers=self.num_workers,

@@ -48,9 +48,9 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def load_model(path: str | Path) -> CXRClassifier:
     read_checkpoint(path)
-    # pretrained=false: the checkpoint holds every weight; never look for downloads
+    # pretrained=false, no init_from: the checkpoint holds every weight; look for no other file
     return CXRClassifier.load_from_checkpoint(
-        str(path), map_location="cpu", pretrained="false", weights_only=True
+        str(path), map_location="cpu", pretrained="false", init_from=None, weights_only=True
     )
 
 

@@ -170,22 +170,45 @@ class BackboneEntry:
     build: object
     input_spec: InputSpec
     gradcam_layer: str  # module path of the last conv block, for Grad-CAM
+    # five blocks, input to output: the stem, then four stages of decreasing resolution (the
+    # last is the deepest); module paths inside the Classifier (model.finetune.unfreeze_blocks)
+    blocks: tuple[tuple[str, ...], ...] = ()
 
 
 XRV_SPEC = InputSpec(channels=1, normalization="xrv")
 IMAGENET_SPEC = InputSpec(channels=3, normalization="imagenet")
 
+
+def _paths(*groups: str) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(f"features.{n}" for n in g.split()) for g in groups)
+
+
+DENSENET_BLOCKS = _paths(
+    "conv0 norm0 relu0 pool0",
+    "denseblock1 transition1",
+    "denseblock2 transition2",
+    "denseblock3 transition3",
+    "denseblock4 norm5",
+)
+RESNET_BLOCKS = _paths("0 1 2 3", "4", "5", "6", "7")
+EFFICIENTNET_B0_BLOCKS = _paths("0 1", "2", "3", "4 5", "6 7 8")
+EFFICIENTNET_V2_BLOCKS = _paths("0 1", "2", "3", "4 5", "6 7")
+
 BACKBONES: dict[str, BackboneEntry] = {
-    "densenet121_xrv": BackboneEntry(_densenet121_xrv, XRV_SPEC, "features.denseblock4"),
+    "densenet121_xrv": BackboneEntry(
+        _densenet121_xrv, XRV_SPEC, "features.denseblock4", DENSENET_BLOCKS
+    ),
     "densenet121": BackboneEntry(
-        _torchvision("densenet121"), IMAGENET_SPEC, "features.denseblock4"
+        _torchvision("densenet121"), IMAGENET_SPEC, "features.denseblock4", DENSENET_BLOCKS
     ),
-    "efficientnet_b0": BackboneEntry(_torchvision("efficientnet_b0"), IMAGENET_SPEC, "features.8"),
+    "efficientnet_b0": BackboneEntry(
+        _torchvision("efficientnet_b0"), IMAGENET_SPEC, "features.8", EFFICIENTNET_B0_BLOCKS
+    ),
     "efficientnet_v2_s": BackboneEntry(
-        _torchvision("efficientnet_v2_s"), IMAGENET_SPEC, "features.7"
+        _torchvision("efficientnet_v2_s"), IMAGENET_SPEC, "features.7", EFFICIENTNET_V2_BLOCKS
     ),
-    "resnet18": BackboneEntry(_torchvision("resnet18"), IMAGENET_SPEC, "features.7"),
-    "resnet50": BackboneEntry(_torchvision("resnet50"), IMAGENET_SPEC, "features.7"),
+    "resnet18": BackboneEntry(_torchvision("resnet18"), IMAGENET_SPEC, "features.7", RESNET_BLOCKS),
+    "resnet50": BackboneEntry(_torchvision("resnet50"), IMAGENET_SPEC, "features.7", RESNET_BLOCKS),
 }
 
 

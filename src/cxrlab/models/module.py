@@ -15,7 +15,14 @@ import torchmetrics
 from torchmetrics import classification as tmc
 
 from cxrlab.data.augment import AugmentConfig, BatchAugment
-from cxrlab.models.backbones import build_backbone
+from cxrlab.models.backbones import BACKBONES, build_backbone
+from cxrlab.models.finetune import (
+    FinetuneConfig,
+    Finetuner,
+    load_backbone_weights,
+    param_groups,
+    resolve_blocks,
+)
 from cxrlab.models.losses import build_loss
 
 log = logging.getLogger(__name__)
@@ -91,6 +98,8 @@ class CXRClassifier(pl.LightningModule):
         augment: Mapping | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        finetune: Mapping | None = None,
+        init_from: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -102,6 +111,12 @@ class CXRClassifier(pl.LightningModule):
             backbone, self.num_classes, dropout, pretrained, weights
         )
         self.hparams["input_spec"] = self.input_spec.to_dict()
+        if init_from:
+            load_backbone_weights(self.net, init_from, backbone)
+        self.finetune = FinetuneConfig(**dict(finetune or {}))
+        if self.finetune.policy == "head":
+            # frozen before anything wraps the model (DDP syncs only what requires grad then)
+            self.net.features.requires_grad_(False)
         loss = dict(loss or {"name": "ce"})
         self.criterion = build_loss(loss.pop("name", "ce"), class_counts, **loss)
         self.optimizer_cfg = dict(optimizer or {"name": "adam", "lr": 1e-3})
@@ -241,16 +256,26 @@ class CXRClassifier(pl.LightningModule):
         self.evaluation_settings = extra.get("evaluation", {})
 
     # ------------------------------------------------------------------ optimization
+    def configure_callbacks(self):
+        """The fine-tuning policy travels with the model (train.py, eval.py, sweeps alike)."""
+        if self.finetune.policy == "full":
+            return []
+        blocks = resolve_blocks(self.net, BACKBONES[self.hparams.backbone].blocks)
+        return [Finetuner(self.finetune, blocks)]
+
     def configure_optimizers(self):
         cfg = dict(self.optimizer_cfg)
         name = cfg.pop("name", "adam")
-        params = [p for p in self.parameters() if p.requires_grad]
+        lr = float(cfg.pop("lr", 1e-3))
+        weight_decay = float(cfg.pop("weight_decay", 0.0))
+        # head / backbone groups, each with and without weight decay (norm weights, biases)
+        groups = param_groups(self.net, self.finetune, lr, weight_decay)
         if name == "adam":
-            opt = torch.optim.Adam(params, **cfg)
+            opt = torch.optim.Adam(groups, lr=lr, **cfg)
         elif name == "adamw":
-            opt = torch.optim.AdamW(params, **cfg)
+            opt = torch.optim.AdamW(groups, lr=lr, **cfg)
         else:
-            opt = torch.optim.SGD(params, **cfg)
+            opt = torch.optim.SGD(groups, lr=lr, **cfg)
         sched = dict(self.scheduler_cfg)
         kind = sched.pop("name", "none")
         if kind == "none":
