@@ -112,3 +112,47 @@ def _looks_like_dicom(p: Path) -> bool:
         head = f.read(132)
     return len(head) == 132 and head[128:132] == b"DICM"
 
+
+
+def read_header(path: str | Path) -> dict:
+    """Size and pixel format from the file's header only (no pixel decoding).
+
+    ``{"width", "height", "bit_depth", "format", "color"}``; DICOM adds ``photometric`` and
+    ``view``. Raises ``UnreadableImageError`` like ``read_image``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UnreadableImageError(p, "file does not exist")
+    suffix = p.suffix.lower()
+    if suffix in DICOM_SUFFIXES or (suffix == "" and _looks_like_dicom(p)):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            return {
+                "width": int(ds.Columns),
+                "height": int(ds.Rows),
+                "bit_depth": int(getattr(ds, "BitsStored", 0) or ds.BitsAllocated),
+                "format": "DICOM",
+                "color": str(getattr(ds, "PhotometricInterpretation", "")),
+                "photometric": str(getattr(ds, "PhotometricInterpretation", "")),
+                "view": str(getattr(ds, "ViewPosition", "") or ""),
+            }
+        except Exception as e:
+            raise UnreadableImageError(p, f"not a readable DICOM header ({e})") from e
+    if suffix not in IMAGE_SUFFIXES:
+        raise UnreadableImageError(p, f"unsupported file type '{suffix}'")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:  # lazy: reads the header, not the pixels
+            bits = {"I;16": 16, "I;16B": 16, "I": 32, "F": 32, "1": 1}.get(im.mode, 8)
+            return {
+                "width": int(im.width),
+                "height": int(im.height),
+                "bit_depth": bits,
+                "format": str(im.format),
+                "color": str(im.mode),
+            }
+    except (UnidentifiedImageError, OSError) as e:
+        raise UnreadableImageError(p, f"not a readable image ({e})") from e

@@ -1,0 +1,360 @@
+"""Know the data before training on it: ``python explore.py data=<name>``.
+
+Writes ``summary.json``, ``summary.md`` and pictures. Every figure comes from the same source
+index and the same selection (balanced subset, patient-grouped split) that a training run with
+the same ``data.*`` settings makes, so the report describes exactly what training would see.
+Image files are opened only for their headers (size, bit depth, photometric interpretation),
+pixels only for the small per-class samples of the intensity histograms and the sample grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrlab.data.datamodule import CXRDataModule
+from cxrlab.data.imageio import UnreadableImageError, read_header
+from cxrlab.data.preprocess import PreprocessSpec, load_preprocessed
+from cxrlab.utils.progress import track
+
+log = logging.getLogger(__name__)
+
+
+def headers(paths: list[str], progress: bool = True) -> tuple[pd.DataFrame, dict[str, str]]:
+    rows, bad = [], {}
+    for p in track(paths, len(paths), "Reading image headers", enabled=progress):
+        try:
+            rows.append({"path": p, **read_header(p)})
+        except UnreadableImageError as e:
+            bad[p] = e.reason
+    return pd.DataFrame(rows), bad
+
+
+def duplicate_files(paths: list[str]) -> list[list[str]]:
+    """Groups of byte-identical files (sizes first; only same-size files are hashed)."""
+    by_size = defaultdict(list)
+    for p in paths:
+        try:
+            by_size[Path(p).stat().st_size].append(p)
+        except OSError:
+            continue
+    groups = defaultdict(list)
+    for same in by_size.values():
+        if len(same) < 2:
+            continue
+        for p in same:
+            groups[hashlib.sha1(Path(p).read_bytes()).hexdigest()].append(p)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+def _counts(df: pd.DataFrame, classes: list[str], column: str) -> dict:
+    out = {}
+    for split, part in df.groupby(column, sort=False):
+        out[str(split)] = {
+            "images": int(len(part)),
+            "patients": int(part["patient_id"].nunique()),
+            "classes": {c: int((part["label"] == c).sum()) for c in classes},
+        }
+    return out
+
+
+def summarize(dm: CXRDataModule, header_sample: int | None, progress: bool, seed: int = 0):
+    """(summary dict, full index, selected manifest, header table)."""
+    from cxrlab.data.datamodule import load_source
+
+    selected = dm.select()  # the run's selection: subset + split, exactly as training
+    kwargs = dict(dm.source)
+    if dm.source_name == "synthetic":
+        kwargs["progress"] = progress
+    full, classes = load_source(dm.source_name).index(task=dm.task, **kwargs)
+
+    paths = full["path"].tolist()
+    sampled = paths
+    if header_sample and len(paths) > header_sample:
+        rng = np.random.default_rng(seed)
+        sampled = sorted(rng.choice(paths, header_sample, replace=False).tolist())
+    head, unreadable = headers(sampled, progress)
+
+    per_patient = full.groupby("patient_id").size()
+    summary: dict = {
+        "dataset": dm.source_name,
+        "task": dm.task,
+        "classes": list(classes),
+        "index": {
+            "images": int(len(full)),
+            "patients": int(full["patient_id"].nunique()),
+            "studies": int(full["study_id"].nunique()) if "study_id" in full else None,
+            "classes": {c: int((full["label"] == c).sum()) for c in classes},
+            "images_per_patient": {
+                "mean": round(float(per_patient.mean()), 2),
+                "median": float(per_patient.median()),
+                "max": int(per_patient.max()),
+                "histogram": {int(k): int(v) for k, v in per_patient.value_counts().sort_index().items()},
+            },
+        },
+    }
+    if "subtype" in full and dm.task == "binary":
+        summary["index"]["subtypes"] = {k: int(v) for k, v in full["subtype"].value_counts().items()}
+    if "view" in full:
+        summary["index"]["views"] = {str(k): int(v) for k, v in full["view"].value_counts().items()}
+    if "official_split" in full:
+        summary["official_splits"] = _counts(full, classes, "official_split")
+        leak = full.groupby("patient_id")["official_split"].nunique()
+        summary["official_split_leakage"] = {
+            "patients_in_several_official_splits": int((leak > 1).sum()),
+            "examples": sorted(leak[leak > 1].index.astype(str).tolist())[:10],
+        }
+    summary["run_selection"] = {
+        "dataset_size": dm.dataset_size,
+        "split_policy": dm.split_policy,
+        "ratios": dm.ratios,
+        "splits": {s: v for s, v in dm.describe().items() if s in set(selected["split"])},
+    }
+    dups = duplicate_files(paths)
+    summary["duplicates"] = {
+        "groups": len(dups),
+        "files": int(sum(len(g) for g in dups)),
+        "examples": dups[:5],
+    }
+    summary["headers"] = {
+        "read": int(len(head)),
+        "of": int(len(paths)),
+        "unreadable": len(unreadable),
+        "unreadable_files": [{"path": p, "reason": r} for p, r in list(unreadable.items())[:50]],
+    }
+    if not head.empty:
+        summary["headers"].update(
+            {
+                "width": _stats(head["width"]),
+                "height": _stats(head["height"]),
+                "aspect_h_over_w": _stats(head["height"] / head["width"]),
+                "formats": {str(k): int(v) for k, v in head["format"].value_counts().items()},
+                "bit_depths": {int(k): int(v) for k, v in head["bit_depth"].value_counts().items()},
+                "color": {str(k): int(v) for k, v in head["color"].value_counts().items()},
+            }
+        )
+        if "photometric" in head:
+            summary["headers"]["photometric"] = {
+                str(k): int(v) for k, v in head["photometric"].dropna().value_counts().items()
+            }
+    return summary, full, selected, head
+
+
+def _stats(s: pd.Series) -> dict:
+    def num(x):
+        x = float(x)
+        return int(x) if x.is_integer() else round(x, 3)
+
+    return {"min": num(s.min()), "median": num(s.median()), "max": num(s.max())}
+
+
+def samples(df: pd.DataFrame, classes: list[str], per_class: int, seed: int) -> dict[str, list[str]]:
+    out = {}
+    for c in classes:
+        part = df[df["label"] == c]
+        n = min(per_class, len(part))
+        out[c] = part.sample(n, random_state=seed)["path"].tolist() if n else []
+    return out
+
+
+def plot_all(summary, full, selected, head, out: Path, spec: PreprocessSpec, per_class: int, seed: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
+    classes = summary["classes"]
+    written = []
+
+    # class balance per split: official splits of the index, and the run's splits
+    panels = [("run selection", summary["run_selection"]["splits"])]
+    if "official_splits" in summary:
+        panels.insert(0, ("official splits (whole index)", summary["official_splits"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (title, splits) in zip(axes[0], panels):
+        names = list(splits)
+        bottom = np.zeros(len(names))
+        for c in classes:
+            vals = np.array([splits[s]["classes"].get(c, 0) for s in names])
+            ax.bar(names, vals, bottom=bottom, label=c)
+            bottom += vals
+        for i, s in enumerate(names):
+            ax.text(i, bottom[i], f"{splits[s]['images']} img\n{splits[s]['patients']} pat",
+                    ha="center", va="bottom", fontsize=8)
+        ax.set_title(title)
+        ax.set_ylabel("images")
+        ax.set_ylim(0, bottom.max() * 1.25 if len(bottom) else 1)
+    axes[0][0].legend()
+    fig.tight_layout()
+    written.append(_save(fig, out / "class_balance.png"))
+
+    if not head.empty:
+        fig, ax = plt.subplots(figsize=(6, 5))
+        h = ax.hist2d(head["width"], head["height"], bins=30, cmap="viridis", cmin=1)
+        fig.colorbar(h[3], ax=ax, label="images")
+        ax.set_xlabel("width (px)")
+        ax.set_ylabel("height (px)")
+        ax.set_title(f"image sizes ({len(head)} headers)")
+        fig.tight_layout()
+        written.append(_save(fig, out / "image_sizes.png"))
+
+    picks = samples(selected, classes, per_class, seed)
+    small = PreprocessSpec(**{**spec.to_dict(), "size": min(spec.size, 128)})
+    images = {c: [] for c in classes}
+    for c, paths in picks.items():
+        for p in paths:
+            try:
+                images[c].append(load_preprocessed(p, small))
+            except UnreadableImageError:
+                continue
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for c in classes:
+        if images[c]:
+            vals = np.concatenate([im.ravel() for im in images[c]])
+            ax.hist(vals, bins=64, range=(0, 255), histtype="step", density=True, label=c, lw=1.5)
+    ax.set_xlabel("pixel value after preprocessing (0-255)")
+    ax.set_ylabel("density")
+    ax.set_title(f"intensity per class ({per_class} images each, as the model sees them)")
+    ax.legend()
+    fig.tight_layout()
+    written.append(_save(fig, out / "intensity_per_class.png"))
+
+    cols = min(6, max((len(v) for v in images.values()), default=1))
+    fig, axes = plt.subplots(len(classes), cols, figsize=(1.8 * cols, 1.9 * len(classes)), squeeze=False)
+    for r, c in enumerate(classes):
+        for k in range(cols):
+            ax = axes[r][k]
+            ax.axis("off")
+            if k < len(images[c]):
+                ax.imshow(images[c][k], cmap="gray", vmin=0, vmax=255)
+        axes[r][0].set_title(c, loc="left", fontsize=10)
+    fig.suptitle("samples per class (preprocessed as for training)")
+    fig.tight_layout()
+    written.append(_save(fig, out / "samples.png"))
+
+    hist = summary["index"]["images_per_patient"]["histogram"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar([str(k) for k in hist], list(hist.values()))
+    ax.set_xlabel("images per patient")
+    ax.set_ylabel("patients")
+    ax.set_title("images per patient (whole index)")
+    fig.tight_layout()
+    written.append(_save(fig, out / "images_per_patient.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def markdown(summary: dict, pictures: list[Path]) -> str:
+    idx = summary["index"]
+    lines = [
+        f"# Dataset report: {summary['dataset']} ({summary['task']})",
+        "",
+        f"- images: {idx['images']}, patients: {idx['patients']}"
+        + (f", studies: {idx['studies']}" if idx.get("studies") else ""),
+        "- classes: " + ", ".join(f"{c} {n} ({n / max(1, idx['images']):.0%})" for c, n in idx["classes"].items()),
+        f"- images per patient: mean {idx['images_per_patient']['mean']}, "
+        f"max {idx['images_per_patient']['max']}",
+    ]
+    if "subtypes" in idx:
+        lines.append("- subtypes: " + ", ".join(f"{k} {v}" for k, v in idx["subtypes"].items()))
+    if "views" in idx:
+        lines.append("- views: " + ", ".join(f"{k} {v}" for k, v in idx["views"].items()))
+    d = summary["duplicates"]
+    lines.append(f"- byte-identical files: {d['files']} in {d['groups']} groups")
+    h = summary["headers"]
+    lines.append(f"- headers read: {h['read']} of {h['of']}; unreadable: {h['unreadable']}")
+    if "width" in h:
+        lines.append(
+            f"- width {h['width']['min']}-{h['width']['max']} px (median {h['width']['median']}), "
+            f"height {h['height']['min']}-{h['height']['max']} px (median {h['height']['median']}); "
+            "formats " + ", ".join(f"{k} {v}" for k, v in h["formats"].items())
+            + "; bit depths " + ", ".join(f"{k} {v}" for k, v in h["bit_depths"].items())
+        )
+    if "official_splits" in summary:
+        leak = summary["official_split_leakage"]["patients_in_several_official_splits"]
+        lines += ["", "## Official splits (as shipped)", "", _table(summary["official_splits"], summary["classes"])]
+        lines.append(f"\nPatients in more than one official split: {leak}")
+    rs = summary["run_selection"]
+    lines += [
+        "",
+        "## What a training run with these settings uses",
+        "",
+        f"Balanced subset: {rs['dataset_size'] or 'no (all images)'}; split: {rs['split_policy']}"
+        + (f", ratios {rs['ratios']}" if rs["split_policy"] == "resplit" else "")
+        + "; patient-grouped (no patient in two splits).",
+        "",
+        _table(rs["splits"], summary["classes"]),
+        "",
+    ]
+    for p in pictures:
+        lines.append(f"![{p.stem}]({p.name})")
+    if h["unreadable_files"]:
+        lines += ["", "## Unreadable files", ""]
+        lines += [f"- `{u['path']}`: {u['reason']}" for u in h["unreadable_files"]]
+    return "\n".join(lines) + "\n"
+
+
+def _table(splits: dict, classes: list[str]) -> str:
+    head = "| split | images | patients | " + " | ".join(classes) + " |"
+    sep = "| --- " * (3 + len(classes)) + "|"
+    rows = [
+        f"| {s} | {v['images']} | {v['patients']} | "
+        + " | ".join(str(v["classes"].get(c, 0)) for c in classes)
+        + " |"
+        for s, v in splits.items()
+    ]
+    return "\n".join([head, sep, *rows])
+
+
+def explore(cfg) -> dict:
+    import hydra
+    from omegaconf import OmegaConf
+
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dm: CXRDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    ex = cfg.explore
+    summary, full, selected, head = summarize(dm, ex.header_sample, ex.progress, int(cfg.seed))
+    pictures = plot_all(summary, full, selected, head, out, dm.preprocess, int(ex.samples_per_class), int(cfg.seed))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(markdown(summary, pictures))
+    log.info("Dataset report: %s (summary.md, summary.json, %d pictures)", out, len(pictures))
+    if cfg.get("logger") and "wandb" in cfg.logger:
+        log_to_wandb(summary, out, pictures, OmegaConf.to_container(cfg.logger.wandb, resolve=True))
+    return summary
+
+
+def log_to_wandb(summary: dict, out: Path, pictures: list[Path], settings: dict) -> None:
+    """The summary table and pictures as a W&B run, plus the report folder as a dataset artifact."""
+    import wandb
+
+    from cxrlab.utils.loggers import wandb_logger
+
+    settings.pop("_target_", None)
+    lg = wandb_logger(**settings)
+    rows = [[s, v["images"], v["patients"], *v["classes"].values()] for s, v in summary["run_selection"]["splits"].items()]
+    run = lg.experiment
+    run.log(
+        {
+            "splits": wandb.Table(columns=["split", "images", "patients", *summary["classes"]], data=rows),
+            **{p.stem: wandb.Image(str(p)) for p in pictures},
+        }
+    )
+    art = wandb.Artifact(f"{summary['dataset']}-{summary['task']}-report", type="dataset", metadata=summary["index"])
+    art.add_dir(str(out))
+    run.log_artifact(art)
+    wandb.finish()
