@@ -4,7 +4,7 @@
 
 No pretrained CXR weights can be downloaded here, so the "pretrained" model is made here too:
 a ResNet18 trained on a *source* phantom (other patients, generator seed 1, the 3-class
-normal / bacterial / viral task, 800 images). Each policy then trains on a small *target*
+normal / bacterial / viral task, 660 balanced images). Each policy then trains on a small *target*
 set (seed 0, binary, 240 balanced images) from that trunk (`model.init_from`), against the
 same network from scratch. Reported: test AUROC (95% patient-bootstrap CI), seconds per
 training epoch, trainable parameters. Writes logs/bench/finetune_policies.json.
@@ -20,6 +20,8 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -76,15 +78,14 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
         stamps[key] = datetime.strptime(
             re.search(r"\[(.*?)\]", line).group(1), "%Y-%m-%d %H:%M:%S,%f"
         )
-    metrics = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
-    header = metrics[0].split(",")
-    epochs = 1 + max(int(r.split(",")[header.index("epoch")]) for r in metrics[1:])
+    logged = pd.read_csv(run_dir / "csv" / "metrics.csv")
+    epochs = 1 + int(logged.dropna(subset=["train/loss_epoch"])["epoch"].max())  # fit epochs
     report = json.loads((run_dir / "report" / "metrics.json").read_text())
-    auroc = report["metrics"]["auroc"]
+    auroc = report["metrics"].get("auroc") or report["metrics"]["macro"]["auroc"]
     trainable = re.search(r"Trainable params: ([\d.]+ \w?)", proc.stdout + proc.stderr)
     return {
         "test_auroc": round(auroc["value"], 4),
-        "test_auroc_ci95": [round(auroc["ci_low"], 4), round(auroc["ci_high"], 4)],
+        "test_auroc_ci95": [round(v, 4) for v in auroc["ci95"]],
         "epochs": epochs,
         "s_per_epoch": round((stamps["end"] - stamps["start"]).total_seconds() / epochs, 1),
         "wall_s": round(wall, 1),
@@ -93,20 +94,28 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", help="reuse this source run folder (skips the source training)")
+    args = ap.parse_args()
     out = BENCH / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
-    source = out / "source"
-    train(
-        source,
-        [
-            "data.task=multiclass",
-            "data.source.seed=1",
-            "data.source.num_patients=500",
-            "data.dataset_size=810",
-            "trainer.max_epochs=12",
-        ],
-    )
-    ckpt = source / "checkpoints" / "best.ckpt"
+    source = Path(args.source) if args.source else out / "source"
     results = {}
+    if args.source:
+        results["source"] = {"run": str(source), "reused": True}
+    else:
+        results["source"] = train(
+            source,
+            [
+                "data.task=multiclass",
+                "data.source.seed=1",
+                "data.source.num_patients=500",
+                "data.dataset_size=660",
+                "trainer.max_epochs=12",
+            ],
+        )
+    ckpt = source / "checkpoints" / "best.ckpt"
     for name, extra in POLICIES.items():
         init = [] if name.startswith("scratch") else [f"model.init_from={ckpt}"]
         results[name] = train(out / name, [*TARGET, *init, *extra])
@@ -115,7 +124,7 @@ def main() -> None:
         "benchmark": "finetune_policies",
         "machine": machine(),
         "common": COMMON + TARGET,
-        "policies": {k: POLICIES[k] for k in results},
+        "policies": {k: POLICIES.get(k) for k in results},
         "results": results,
     }
     BENCH.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,28 @@ class Predictor:
         logits = self.model(self.model.to_network_input(x))
         return logits.float().softmax(1).cpu().numpy()
 
+    def gradcam(self, images: np.ndarray, labels: list[str]) -> np.ndarray:
+        """Grad-CAM heatmaps (N, S, S) in [0, 1] of each image's predicted class."""
+        from cxrlab.inference.gradcam import GradCAM
+
+        x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(self.device)
+        idx = [self.classes.index(lab) for lab in labels]
+        return GradCAM(self.model)(self.model.to_network_input(x), idx)
+
+    def write_gradcams(self, paths, images, labels, out_dir: Path) -> list[str]:
+        """``<stem>_gradcam.png`` overlays (heatmap of the predicted class) in ``out_dir``."""
+        import cv2
+
+        from cxrlab.inference.gradcam import overlay
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for p, img, heat in zip(paths, images, self.gradcam(images, labels)):
+            target = out_dir / f"{Path(p).stem}_gradcam.png"
+            cv2.imwrite(str(target), cv2.cvtColor(overlay(img, heat), cv2.COLOR_RGB2BGR))
+            written.append(str(target))
+        return written
+
     def label(self, probs: np.ndarray) -> list[str]:
         """Binary: positive when its probability reaches the stored threshold; else argmax."""
         if len(self.classes) == 2 and self.threshold is not None:
@@ -52,17 +74,31 @@ class Predictor:
         return [self.classes[i] for i in probs.argmax(1)]
 
     def predict_files(
-        self, paths: Iterable[str | Path], batch_size: int = 32, progress: bool = True
+        self,
+        paths: Iterable[str | Path],
+        batch_size: int = 32,
+        progress: bool = True,
+        gradcam_dir: str | Path | None = None,
     ) -> pd.DataFrame:
-        """One row per file: probabilities, label and threshold, or the reason it failed."""
+        """One row per file: probabilities, label and threshold, or the reason it failed.
+
+        ``gradcam_dir``: also write a Grad-CAM overlay per image (column ``gradcam``).
+        """
         paths = [str(p) for p in paths]
         rows: list[dict] = []
         batch: list[tuple[str, np.ndarray]] = []
 
         def flush():
             if batch:
-                probs = self.predict_arrays(np.stack([a for _, a in batch]))
-                for (p, _), pr, lab in zip(batch, probs, self.label(probs)):
+                images = np.stack([a for _, a in batch])
+                probs = self.predict_arrays(images)
+                labels = self.label(probs)
+                cams = [""] * len(batch)
+                if gradcam_dir is not None:
+                    cams = self.write_gradcams(
+                        [p for p, _ in batch], images, labels, Path(gradcam_dir)
+                    )
+                for (p, _), pr, lab, cam in zip(batch, probs, labels, cams):
                     rows.append(
                         {
                             "path": p,
@@ -70,6 +106,7 @@ class Predictor:
                             "prediction": lab,
                             "threshold": self.threshold,
                             "error": "",
+                            **({"gradcam": cam} if gradcam_dir is not None else {}),
                         }
                     )
                 batch.clear()
@@ -84,6 +121,8 @@ class Predictor:
                 flush()
         flush()
         columns = ["path", *[f"prob_{c}" for c in self.classes], "prediction", "threshold", "error"]
+        if gradcam_dir is not None:
+            columns.append("gradcam")
         order = {p: i for i, p in enumerate(paths)}
         df = pd.DataFrame(rows, columns=columns)
         return df.sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
@@ -121,10 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="predictions.csv", help="a .csv or .json file")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
+    parser.add_argument(
+        "--gradcam", default=None, metavar="DIR", help="also write Grad-CAM overlays here"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     predictor = Predictor.from_checkpoint(args.ckpt, args.device)
-    df = predictor.predict_files(expand_inputs(args.inputs), args.batch_size)
+    df = predictor.predict_files(
+        expand_inputs(args.inputs), args.batch_size, gradcam_dir=args.gradcam
+    )
     out = Path(args.out)
     if out.suffix.lower() == ".json":
         out.write_text(df.to_json(orient="records", indent=2))

@@ -1,0 +1,145 @@
+"""Serving latency: the HTTP API against the bare model forward on the same input.
+
+    python benchmarks/serve_latency.py [--ckpt best.ckpt] [--requests 60]
+
+Without --ckpt it trains a one-epoch 224 px DenseNet121 (xrv) checkpoint on the phantom (the
+weights do not matter for speed). Then, on one phantom JPEG:
+(a) the bare model forward of the preprocessed image (batch 1, no_grad), p50/p95;
+(b) POST /predict to `serve.py` on 127.0.0.1, one request at a time, p50/p95 (upload,
+    JPEG decode, preprocessing, forward, JSON);
+(c) 8 concurrent clients: requests/s.
+API overhead at p50 = (b - a) / a. Writes logs/bench/serve_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run import BENCH, machine  # noqa: E402
+
+
+def pct(xs, q):
+    return float(np.percentile(np.array(xs) * 1000, q))
+
+
+def make_checkpoint(out: Path) -> Path:
+    env = dict(os.environ, WANDB_MODE="offline", CXRLAB_ROOT=str(ROOT))
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "debug=default",
+        "data.preprocess.size=224",
+        "evaluation.bootstrap=10",
+        f"paths.data_dir={BENCH / 'serve-data'}",
+        f"hydra.run.dir={out}",
+    ]
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    return out / "checkpoints" / "best.ckpt"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt")
+    p.add_argument("--requests", type=int, default=60)
+    args = p.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    ckpt = Path(args.ckpt) if args.ckpt else make_checkpoint(BENCH / "serve-ckpt")
+    image = sorted((BENCH / "serve-data").rglob("*.jpeg"))[0] if not args.ckpt else None
+    if image is None:
+        image = sorted((ROOT / "data").rglob("*.jpeg"))[0]
+    data = image.read_bytes()
+
+    from cxrlab.data.preprocess import load_preprocessed
+    from cxrlab.inference.predictor import Predictor
+
+    pred = Predictor.from_checkpoint(ckpt, "cpu")
+    arr = load_preprocessed(image, pred.spec)
+    x = pred.model.to_network_input(torch.from_numpy(arr)[None, None])
+    forward = []
+    with torch.no_grad():
+        for i in range(args.requests + 5):
+            t0 = time.perf_counter()
+            pred.model(x)
+            if i >= 5:
+                forward.append(time.perf_counter() - t0)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "serve.py"),
+            "--ckpt",
+            str(ckpt),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        with httpx.Client(timeout=60) as client:
+
+            def one():
+                t0 = time.perf_counter()
+                r = client.post(f"{url}/predict", files={"file": (image.name, data, "image/jpeg")})
+                r.raise_for_status()
+                return time.perf_counter() - t0
+
+            for _ in range(5):
+                one()
+            api = [one() for _ in range(args.requests)]
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda _: one(), range(args.requests)))
+            concurrent_rps = args.requests / (time.perf_counter() - t0)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    result = {
+        "benchmark": "serve_latency",
+        "machine": machine(),
+        "checkpoint": str(ckpt),
+        "image": f"{image.name} ({len(data) // 1024} KB JPEG), preprocessed to {pred.spec.size} px",
+        "model": pred.model.hparams["backbone"],
+        "forward_ms": {"p50": round(pct(forward, 50), 1), "p95": round(pct(forward, 95), 1)},
+        "api_ms": {"p50": round(pct(api, 50), 1), "p95": round(pct(api, 95), 1)},
+        "api_overhead_p50_pct": round(
+            100 * (statistics.median(api) / statistics.median(forward) - 1), 1
+        ),
+        "concurrent_8_clients_rps": round(concurrent_rps, 2),
+        "sequential_rps": round(1 / statistics.mean(api), 2),
+    }
+    BENCH.mkdir(parents=True, exist_ok=True)
+    (BENCH / "serve_latency.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The HTTP API over a ``Predictor``: ``python serve.py --ckpt best.ckpt``.
+
+Uploads go through the training run's exact read/preprocess path (``imageio.read_image`` via
+``load_preprocessed``, from a temporary file with the upload's suffix), so PNG, JPEG and DICOM
+are read by the same rules as in training. Bad input never becomes a 500: unsupported types
+are 415, files that do not decode are 422 with the reason, uploads over the size limit and
+batches over the count limit are 413. Inference runs in a worker thread (the event loop stays
+free); one lock serializes the model, so concurrent requests are answered correctly.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from cxrlab.data.imageio import SUPPORTED_SUFFIXES, UnreadableImageError
+from cxrlab.data.preprocess import load_preprocessed
+from cxrlab.inference.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+# content types a browser or client may send for files we can read
+IMAGE_TYPES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpeg",
+    "image/jpg": ".jpeg",
+    "image/tiff": ".tiff",
+    "image/bmp": ".bmp",
+    "application/dicom": ".dcm",
+}
+GENERIC_TYPES = {"application/octet-stream", "", None}
+
+
+class Prediction(BaseModel):
+    filename: str
+    label: str
+    probabilities: dict[str, float]
+    threshold: float | None
+    positive_class: str | None
+    # ?gradcam=true: a PNG overlay of the predicted class's Grad-CAM heatmap, base64
+    gradcam_png: str | None = None
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction]
+
+
+class Metadata(BaseModel):
+    model: str
+    classes: list[str]
+    threshold: float | None
+    threshold_policy: str | None
+    input_spec: dict
+    preprocess: dict
+    checkpoint: str | None
+    cxrlab_version: str
+    max_upload_mb: float
+    max_batch: int
+
+
+class Error(BaseModel):
+    detail: str
+
+
+def _version() -> str:
+    try:
+        return version("cxrlab")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def suffix_for(upload: UploadFile) -> str:
+    """The file suffix to read an upload with, or 415."""
+    name_suffix = Path(upload.filename or "").suffix.lower()
+    ctype = (upload.content_type or "").split(";")[0].strip().lower()
+    if ctype in IMAGE_TYPES:
+        return name_suffix if name_suffix in SUPPORTED_SUFFIXES else IMAGE_TYPES[ctype]
+    if ctype in GENERIC_TYPES and name_suffix in SUPPORTED_SUFFIXES:
+        return name_suffix
+    raise HTTPException(
+        415,
+        f"{upload.filename or 'upload'}: unsupported type {ctype or 'unknown'!r}; send PNG, "
+        f"JPEG, TIFF, BMP or DICOM ({', '.join(sorted(SUPPORTED_SUFFIXES))})",
+    )
+
+
+def create_app(
+    predictor: Predictor,
+    max_upload_mb: float = 20.0,
+    max_batch: int = 16,
+    checkpoint: str | None = None,
+) -> FastAPI:
+    app = FastAPI(
+        title="cxrlab",
+        version=_version(),
+        description="Chest X-ray classification with a cxrlab checkpoint.",
+    )
+    lock = threading.Lock()
+    limit = int(max_upload_mb * 1024 * 1024)
+    errors = {413: {"model": Error}, 415: {"model": Error}, 422: {"model": Error}}
+
+    async def read_upload(upload: UploadFile) -> np.ndarray:
+        suffix = suffix_for(upload)
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise HTTPException(413, f"{upload.filename}: larger than {max_upload_mb:g} MB")
+        if not data:
+            raise HTTPException(422, f"{upload.filename}: empty file")
+        return await run_in_threadpool(_decode, data, suffix, upload.filename or "upload")
+
+    def _decode(data: bytes, suffix: str, name: str) -> np.ndarray:
+        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
+            f.write(data)
+            f.flush()
+            try:
+                return load_preprocessed(f.name, predictor.spec)
+            except UnreadableImageError as e:
+                raise HTTPException(422, f"{name}: {e.reason}") from e
+            except Exception as e:  # a decoder's own error on hostile bytes
+                raise HTTPException(422, f"{name}: cannot decode ({type(e).__name__}: {e})") from e
+
+    def _predict(images: list[np.ndarray]) -> np.ndarray:
+        with lock:
+            return predictor.predict_arrays(np.stack(images))
+
+    def to_predictions(names: list[str], probs: np.ndarray) -> list[Prediction]:
+        labels = predictor.label(probs)
+        binary = len(predictor.classes) == 2
+        return [
+            Prediction(
+                filename=n,
+                label=lab,
+                probabilities={c: float(v) for c, v in zip(predictor.classes, p)},
+                threshold=predictor.threshold if binary else None,
+                positive_class=predictor.classes[1] if binary else None,
+            )
+            for n, lab, p in zip(names, labels, probs)
+        ]
+
+    @app.exception_handler(Exception)
+    async def never_500(request: Request, exc: Exception):  # the last line of defence
+        log.exception("Unexpected error on %s", request.url.path)
+        return JSONResponse(status_code=422, content={"detail": f"{type(exc).__name__}: {exc}"})
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/metadata", response_model=Metadata)
+    def metadata() -> Metadata:
+        hp = predictor.model.hparams
+        return Metadata(
+            model=str(hp.get("backbone")),
+            classes=predictor.classes,
+            threshold=predictor.threshold,
+            threshold_policy=predictor.model.threshold_policy,
+            input_spec=dict(hp.get("input_spec") or {}),
+            preprocess=predictor.spec.to_dict(),
+            checkpoint=checkpoint,
+            cxrlab_version=_version(),
+            max_upload_mb=max_upload_mb,
+            max_batch=max_batch,
+        )
+
+    def _gradcam(image: np.ndarray, label: str) -> str:
+        import base64
+
+        import cv2
+
+        from cxrlab.inference.gradcam import overlay
+
+        with lock:
+            heat = predictor.gradcam(image[None], [label])[0]
+        ok, png = cv2.imencode(".png", cv2.cvtColor(overlay(image, heat), cv2.COLOR_RGB2BGR))
+        return base64.b64encode(png.tobytes()).decode("ascii")
+
+    @app.post("/predict", response_model=Prediction, responses=errors)
+    async def predict(file: Annotated[UploadFile, File()], gradcam: bool = False) -> Prediction:
+        """One PNG/JPEG/DICOM radiograph: per-class probabilities, label and threshold;
+        ``gradcam=true`` adds a Grad-CAM overlay PNG (base64) of the predicted class."""
+        image = await read_upload(file)
+        probs = await run_in_threadpool(_predict, [image])
+        out = to_predictions([file.filename or "upload"], probs)[0]
+        if gradcam:
+            out.gradcam_png = await run_in_threadpool(_gradcam, image, out.label)
+        return out
+
+    @app.post("/predict_batch", response_model=BatchPrediction, responses=errors)
+    async def predict_batch(files: Annotated[list[UploadFile], File()]) -> BatchPrediction:
+        """Up to ``max_batch`` radiographs in one request, predicted as one batch."""
+        if len(files) > max_batch:
+            raise HTTPException(413, f"{len(files)} files: at most {max_batch} per request")
+        images = [await read_upload(f) for f in files]
+        probs = await run_in_threadpool(_predict, images)
+        return BatchPrediction(
+            predictions=to_predictions([f.filename or "upload" for f in files], probs)
+        )
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    import uvicorn
+
+    p = argparse.ArgumentParser(description="Serve a cxrlab checkpoint over HTTP (FastAPI)")
+    p.add_argument("--ckpt", required=True, help="a checkpoint written by train.py")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0)
+    p.add_argument("--max-batch", type=int, default=16)
+    args = p.parse_args(argv)
+    predictor = Predictor.from_checkpoint(args.ckpt, args.device)
+    app = create_app(predictor, args.max_upload_mb, args.max_batch, checkpoint=str(args.ckpt))
+    log.info("Serving %s on http://%s:%d (docs at /docs)", args.ckpt, args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")

@@ -1,0 +1,237 @@
+"""serve.py: a real uvicorn server on 127.0.0.1, talked to over HTTP, fuzzed by schemathesis."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from test_train import ROOT, run_train
+
+from cxrlab.inference.predictor import Predictor
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_phantom):
+    tmp = tmp_path_factory.mktemp("serve")
+    run_train(tmp, "trainer.max_epochs=1", "evaluation.bootstrap=20")
+    ckpt = tmp / "run" / "checkpoints" / "best.ckpt"
+    port = free_port()
+    cmd = [
+        sys.executable,
+        str(ROOT / "serve.py"),
+        "--ckpt",
+        str(ckpt),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--max-upload-mb",
+        "1",
+        "--max-batch",
+        "4",
+    ]
+    with open(tmp / "server.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+            assert proc.poll() is None, (tmp / "server.log").read_text()
+        else:
+            raise RuntimeError("server did not start")
+        images = sorted((tiny_phantom / "chest_xray" / "test").rglob("*.jpeg"))[:6]
+        yield url, ckpt, images, tmp
+        proc.terminate()
+        proc.wait(30)
+
+
+def post(url, path, name="x.jpeg", ctype="image/jpeg", data=None):
+    data = data if data is not None else Path(path).read_bytes()
+    return httpx.post(f"{url}/predict", files={"file": (name, data, ctype)}, timeout=60)
+
+
+def test_health_and_metadata(served):
+    url, ckpt, _, _ = served
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    meta = httpx.get(f"{url}/metadata").json()
+    assert meta["classes"] == ["normal", "pneumonia"]
+    assert meta["model"] == "densenet121_xrv"
+    assert meta["input_spec"]["normalization"] == "xrv"
+    assert meta["threshold"] is not None and meta["checkpoint"] == str(ckpt)
+    assert httpx.get(f"{url}/docs").status_code == 200
+
+
+def test_predict_equals_the_predictor_on_the_same_file(served):
+    url, ckpt, images, _ = served
+    expected = Predictor.from_checkpoint(ckpt, "cpu").predict_files(images[:2], progress=False)
+    for img, (_, row) in zip(images[:2], expected.iterrows()):
+        got = post(url, img, name=img.name).json()
+        assert got["label"] == row["prediction"] and got["threshold"] == pytest.approx(
+            row["threshold"]
+        )
+        for c in ("normal", "pneumonia"):
+            assert got["probabilities"][c] == pytest.approx(row[f"prob_{c}"], abs=1e-5)
+
+
+def test_dicom_upload_is_read_by_the_training_rules(served, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    url, *_ = served
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = FileDataset(str(tmp_path / "x.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns = 64, 64
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = (np.arange(64 * 64, dtype=np.uint16) % 4096).tobytes()
+    ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
+    r = post(url, None, "x.dcm", "application/dicom", (tmp_path / "x.dcm").read_bytes())
+    assert r.status_code == 200, r.text
+    assert set(r.json()["probabilities"]) == {"normal", "pneumonia"}
+
+
+@pytest.mark.parametrize(
+    "name, ctype, data, status, text",
+    [
+        ("notes.txt", "text/plain", b"hello", 415, "unsupported type"),
+        ("x.jpeg", "image/jpeg", b"\xff\xd8 broken jpeg", 422, "x.jpeg"),
+        ("x.png", "image/png", b"", 422, "empty"),
+        ("big.png", "image/png", b"\0" * (1024 * 1024 + 10), 413, "larger than 1 MB"),
+    ],
+)
+def test_bad_uploads_get_clear_4xx_never_500(served, name, ctype, data, status, text):
+    url, *_ = served
+    r = post(url, None, name, ctype, data)
+    assert r.status_code == status, r.text
+    assert text in r.json()["detail"]
+
+
+def test_batch_and_its_limit(served):
+    url, _, images, _ = served
+    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in images[:3]]
+    r = httpx.post(f"{url}/predict_batch", files=files, timeout=60)
+    assert r.status_code == 200
+    assert [p["filename"] for p in r.json()["predictions"]] == [p.name for p in images[:3]]
+    too_many = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in images[:5]]
+    r = httpx.post(f"{url}/predict_batch", files=too_many, timeout=60)
+    assert r.status_code == 413 and "at most 4" in r.json()["detail"]
+
+
+def test_concurrent_requests_get_their_own_answers(served):
+    url, _, images, _ = served
+    alone = {p.name: post(url, p, name=p.name).json()["probabilities"] for p in images}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda p: post(url, p, name=p.name).json(), images * 3))
+    for a in answers:
+        assert a["probabilities"] == pytest.approx(alone[a["filename"]], abs=1e-6)
+
+
+def test_schemathesis_finds_no_server_errors(served):
+    """Property-based requests generated from the service's own OpenAPI schema."""
+    exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("schemathesis is not installed (pip install -e '.[dev]')")
+    url, *_ = served
+    proc = subprocess.run(
+        [
+            exe,
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "30",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_gradcam_overlay_through_the_api_and_predict_py(served, tmp_path):
+    import base64
+
+    import cv2
+
+    url, ckpt, images, _ = served
+    r = httpx.post(
+        f"{url}/predict?gradcam=true",
+        files={"file": (images[0].name, images[0].read_bytes(), "image/jpeg")},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    png = base64.b64decode(r.json()["gradcam_png"])
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    size = httpx.get(f"{url}/metadata").json()["preprocess"]["size"]
+    assert img.shape == (size, size, 3)
+    assert post(url, images[0], name=images[0].name).json()["gradcam_png"] is None  # opt-in
+
+    out = tmp_path / "cams"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "predict.py"),
+            "--ckpt",
+            str(ckpt),
+            *map(str, images[:2]),
+            "--out",
+            str(tmp_path / "p.csv"),
+            "--gradcam",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{p.stem}_gradcam.png" for p in images[:2]
+    )
+
+
+@pytest.mark.parametrize("fmt, name", [("onnx", "model.onnx"), ("torchscript", "model.pt")])
+def test_export_matches_pytorch(served, tmp_path, fmt, name):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    from cxrlab.export import max_abs_difference
+
+    _, ckpt, _, _ = served
+    out = tmp_path / name
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrlab.export", "--ckpt", str(ckpt), "--format", fmt]
+        + ["--out", str(out), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Largest absolute difference" in proc.stderr
+    assert max_abs_difference(ckpt, out, fmt, batch=5, seed=3) < 1e-4  # another batch size
+    meta = json.loads(out.with_suffix(out.suffix + ".json").read_text())
+    assert meta["classes"] == ["normal", "pneumonia"] and meta["threshold"] is not None
