@@ -7,6 +7,7 @@ normalization happen on the device, in the LightningModule (``on_after_batch_tra
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +35,7 @@ from cxrlab.data.selection import (
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "kaggle_pneumonia")
+SOURCES = ("synthetic", "kaggle_pneumonia", "folder", "csv")
 SPLIT_POLICIES = ("resplit", "official")
 BAD_FILE_POLICIES = ("skip", "error")
 SAMPLERS = ("shuffle", "weighted")
@@ -142,6 +143,14 @@ class CXRDataModule(pl.LightningDataModule):
         kwargs = dict(self.source)
         if self.source_name == "synthetic":
             kwargs["progress"] = self.progress
+        known = set(inspect.signature(src.index).parameters)
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise SelectionError(
+                f"data.source: {unknown} are not settings of the {self.source_name} source "
+                f"(its settings: {sorted(known - {'task'})}); remove them, e.g. "
+                f"~data.source.{unknown[0]}"
+            )
         df, classes = src.index(task=self.task, **kwargs)
         self.classes = list(classes)
         df = balanced_subset(df, self.dataset_size, self.classes, self.seed)
