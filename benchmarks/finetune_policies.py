@@ -13,9 +13,7 @@ training epoch, trainable parameters. Writes logs/bench/finetune_policies.json.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from datetime import datetime
@@ -25,7 +23,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import BENCH, machine  # noqa: E402
+from run import BENCH, machine, train_py  # noqa: E402
 
 COMMON = [
     "model=resnet18",
@@ -57,19 +55,10 @@ POLICIES = {
 
 
 def train(run_dir: Path, overrides: list[str]) -> dict:
-    env = dict(os.environ, WANDB_MODE="offline", CXRLAB_ROOT=str(ROOT))
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        *COMMON,
-        *overrides,
-        f"paths.data_dir={BENCH / 'finetune-data'}",
-        f"hydra.run.dir={run_dir}",
-    ]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-4000:])
+    proc = train_py(
+        *COMMON, *overrides, f"paths.data_dir={BENCH / 'finetune-data'}", f"hydra.run.dir={run_dir}"
+    )
     wall = time.perf_counter() - t0
     log = (run_dir / "train.log").read_text()
     stamps = {}

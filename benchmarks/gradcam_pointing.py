@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,14 +23,11 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import BENCH, machine  # noqa: E402
+from run import BENCH, machine, train_py  # noqa: E402
 
 
 def train(run_dir: Path) -> Path:
-    env = dict(os.environ, WANDB_MODE="offline", CXRLAB_ROOT=str(ROOT))
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
+    train_py(
         "model=resnet18",
         "data.preprocess.size=128",
         "data.dataset_size=800",
@@ -42,8 +37,7 @@ def train(run_dir: Path) -> Path:
         "evaluation.bootstrap=200",
         f"paths.data_dir={BENCH / 'gradcam-data'}",
         f"hydra.run.dir={run_dir}",
-    ]
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    )
     return run_dir / "checkpoints" / "best.ckpt"
 
 

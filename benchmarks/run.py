@@ -39,6 +39,17 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
+def train_py(*args: str) -> subprocess.CompletedProcess:
+    """Run ``train.py`` with these overrides as a user does (offline W&B, this checkout's paths);
+    raises with the end of its stderr when it fails."""
+    env = dict(os.environ, WANDB_MODE="offline", CXRLAB_ROOT=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "train.py"), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"train.py {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+    return proc
+
+
 def save(name: str, result: dict) -> None:
     BENCH.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": name, "machine": machine(), **result}

@@ -30,7 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import BENCH, machine  # noqa: E402
+from run import BENCH, machine, train_py  # noqa: E402
 
 
 def pct(xs, q):
@@ -38,17 +38,13 @@ def pct(xs, q):
 
 
 def make_checkpoint(out: Path) -> Path:
-    env = dict(os.environ, WANDB_MODE="offline", CXRLAB_ROOT=str(ROOT))
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
+    train_py(
         "debug=default",
         "data.preprocess.size=224",
         "evaluation.bootstrap=10",
         f"paths.data_dir={BENCH / 'serve-data'}",
         f"hydra.run.dir={out}",
-    ]
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    )
     return out / "checkpoints" / "best.ckpt"
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import BENCH, machine  # noqa: E402
+from run import BENCH, machine, train_py  # noqa: E402
 
 # small enough for a 2-core CPU; wide learning-rate range, as real first sweeps are
 SETTINGS = [
@@ -45,9 +43,7 @@ SETTINGS = [
 
 
 def sweep(out: Path, name: str, trials: int, epochs: int, prune: bool) -> dict:
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
+    args = [
         "-m",
         *SETTINGS,
         f"paths.log_dir={out}",
@@ -57,13 +53,10 @@ def sweep(out: Path, name: str, trials: int, epochs: int, prune: bool) -> dict:
         f"trainer.max_epochs={epochs}",
     ]
     if not prune:
-        cmd.append("hydra.sweeper.pruner=null")
-    env = dict(os.environ, WANDB_MODE="offline", CXRLAB_ROOT=str(ROOT))
+        args.append("hydra.sweeper.pruner=null")
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    train_py(*args)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-4000:])
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna' / 'studies.db'}")
     states = [t.state for t in study.trials]
     return {
