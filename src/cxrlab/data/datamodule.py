@@ -126,19 +126,16 @@ class CXRDataModule(pl.LightningDataModule):
             raise ValueError(f"augment.device={self.augment_device!r}: use one of {AUGMENT_DEVICES}")
         self.augment_cfg = AugmentConfig(**aug)
         self.manifest: pd.DataFrame | None = None
+        self._index: tuple[pd.DataFrame, list[str]] | None = None
         self.classes: list[str] = []
         self.skipped: dict[str, str] = {}
         self._sets: dict[str, CachedImages] = {}
 
     # ------------------------------------------------------------------ selection
-    def select(self) -> pd.DataFrame:
-        """Index, subset and split; returns the manifest of the run with a ``split`` column.
-
-        Cheap (no image decoding besides generating the phantom on first use), so bad settings
-        such as a too-large ``dataset_size`` fail here, before any training work.
-        """
-        if self.manifest is not None:
-            return self.manifest
+    def index(self) -> tuple[pd.DataFrame, list[str]]:
+        """The source's whole manifest (every image, before subset and split) and classes."""
+        if self._index is not None:
+            return self._index
         src = load_source(self.source_name)
         kwargs = dict(self.source)
         if self.source_name == "synthetic":
@@ -153,6 +150,18 @@ class CXRDataModule(pl.LightningDataModule):
             )
         df, classes = src.index(task=self.task, **kwargs)
         self.classes = list(classes)
+        self._index = (df, self.classes)
+        return self._index
+
+    def select(self) -> pd.DataFrame:
+        """Index, subset and split; returns the manifest of the run with a ``split`` column.
+
+        Cheap (no image decoding besides generating the phantom on first use), so bad settings
+        such as a too-large ``dataset_size`` fail here, before any training work.
+        """
+        if self.manifest is not None:
+            return self.manifest
+        df, classes = self.index()
         df = balanced_subset(df, self.dataset_size, self.classes, self.seed)
         if self.split_policy == "official":
             if "official_split" not in df:

@@ -66,13 +66,8 @@ def _counts(df: pd.DataFrame, classes: list[str], column: str) -> dict:
 
 def summarize(dm: CXRDataModule, header_sample: int | None, progress: bool, seed: int = 0):
     """(summary dict, full index, selected manifest, header table)."""
-    from cxrlab.data.datamodule import load_source
-
     selected = dm.select()  # the run's selection: subset + split, exactly as training
-    kwargs = dict(dm.source)
-    if dm.source_name == "synthetic":
-        kwargs["progress"] = progress
-    full, classes = load_source(dm.source_name).index(task=dm.task, **kwargs)
+    full, classes = dm.index()  # every image of the source, before the selection
 
     paths = full["path"].tolist()
     sampled = paths

@@ -53,17 +53,21 @@ class Predictor:
         idx = [self.classes.index(lab) for lab in labels]
         return GradCAM(self.model)(self.model.to_network_input(x), idx)
 
+    def gradcam_overlays(self, images: np.ndarray, labels: list[str]) -> list[np.ndarray]:
+        """RGB overlays of each image's Grad-CAM heatmap (predicted class)."""
+        from cxrlab.inference.gradcam import overlay
+
+        return [overlay(img, heat) for img, heat in zip(images, self.gradcam(images, labels))]
+
     def write_gradcams(self, paths, images, labels, out_dir: Path) -> list[str]:
         """``<stem>_gradcam.png`` overlays (heatmap of the predicted class) in ``out_dir``."""
         import cv2
 
-        from cxrlab.inference.gradcam import overlay
-
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for p, img, heat in zip(paths, images, self.gradcam(images, labels)):
+        for p, rgb in zip(paths, self.gradcam_overlays(images, labels)):
             target = out_dir / f"{Path(p).stem}_gradcam.png"
-            cv2.imwrite(str(target), cv2.cvtColor(overlay(img, heat), cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(target), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
             written.append(str(target))
         return written
 

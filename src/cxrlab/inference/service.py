@@ -177,11 +177,9 @@ def create_app(
 
         import cv2
 
-        from cxrlab.inference.gradcam import overlay
-
         with lock:
-            heat = predictor.gradcam(image[None], [label])[0]
-        ok, png = cv2.imencode(".png", cv2.cvtColor(overlay(image, heat), cv2.COLOR_RGB2BGR))
+            (rgb,) = predictor.gradcam_overlays(image[None], [label])
+        ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         return base64.b64encode(png.tobytes()).decode("ascii")
 
     @app.post("/predict", response_model=Prediction, responses=errors)

@@ -92,6 +92,7 @@ def _primitive(x, key: str):
 
 
 _PLAIN = re.compile(r"^[\w./:-]+$")
+_PLAIN_IN_DICT = re.compile(r"^[\w-]+$")
 
 
 def to_override(key: str, value) -> str:
@@ -105,5 +106,14 @@ def to_override(key: str, value) -> str:
     elif isinstance(value, int):
         text = str(value)
     else:
-        text = value if _PLAIN.match(value) else "'" + value.replace("'", "\\'") + "'"
+        text = quote(value)
     return f"{key}={text}"
+
+
+def quote(text: str, in_dict: bool = False) -> str:
+    """A string as an override value: bare when the grammar allows, else single-quoted.
+
+    ``in_dict``: a value inside ``{key:value}``, where ':' and '/' need quotes too.
+    """
+    plain = _PLAIN_IN_DICT if in_dict else _PLAIN
+    return text if plain.match(text) else "'" + text.replace("'", "\\'") + "'"

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from cxrlab.sweep import study as studies
 from cxrlab.sweep.report import write_study_report
-from cxrlab.sweep.search_space import parse, to_override
+from cxrlab.sweep.search_space import parse, quote, to_override
 from cxrlab.sweep.trial import ACTIVE
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class OptunaSweep:
         for trial in batch:
             trial.set_user_attr("host", studies.HOST)
             trial.set_user_attr("pid", os.getpid())
-            ref = f"{{id:{trial._trial_id},number:{trial.number},study:{_quote(study.study_name)}}}"
+            ref = f"{{id:{trial._trial_id},number:{trial.number},study:{quote(study.study_name, in_dict=True)}}}"
             overrides.append(
                 [
                     *fixed,
@@ -265,7 +265,3 @@ class OptunaSweep:
             except Exception:
                 pass
         return failures
-
-
-def _quote(text: str) -> str:
-    return text if text.replace("-", "").replace("_", "").isalnum() else f"'{text}'"
