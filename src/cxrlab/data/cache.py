@@ -25,7 +25,7 @@ from cxrlab.data.preprocess import PreprocessSpec, load_preprocessed
 from cxrlab.utils.progress import track
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: DICOM scaled by the header's range (torchxrayvision parity)
 
 
 def cache_key(paths: list[str], spec: PreprocessSpec) -> str:

@@ -57,11 +57,49 @@ def read_bitmap(path: str | Path) -> tuple[np.ndarray, float]:
     raise UnreadableImageError(path, f"unsupported pixel type {arr.dtype}")
 
 
-def read_dicom(path: str | Path) -> tuple[np.ndarray, float]:
-    """DICOM to display values: modality LUT, VOI LUT/window, MONOCHROME1 inverted."""
+DICOM_SCALES = ("full_range", "minmax")
+
+
+def _stored_range(ds) -> tuple[float, float]:
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    return 0.0, 2.0**bits - 1
+
+
+def _output_range(ds) -> tuple[float, float]:
+    """The value range the display pipeline (modality LUT, then VOI) can produce for ``ds``.
+
+    Mirrors PS3.3 C.11: a VOI LUT's output is ``[0, 2^bits - 1]`` of its descriptor, a window's
+    is the stored range through the rescale (what pydicom's ``apply_windowing`` produces), and
+    without VOI it is the stored range through the modality LUT or rescale.
+    """
+    if "VOILUTSequence" in ds:
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        return 0.0, 2.0**bits - 1
+    if ds.get("ModalityLUTSequence"):
+        bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+        return 0.0, 2.0**bits - 1
+    lo, hi = _stored_range(ds)
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    lo, hi = lo * slope + intercept, hi * slope + intercept
+    return min(lo, hi), max(lo, hi)
+
+
+def read_dicom(path: str | Path, scale: str = "full_range") -> tuple[np.ndarray, float]:
+    """DICOM to display values in [0, 1]: modality LUT, VOI LUT or window, MONOCHROME1 inverted.
+
+    ``scale=full_range`` maps the range the pixel pipeline can produce (``2^BitsStored`` levels
+    when there is no rescale) to [0, 1], which is what torchxrayvision's ``read_xray_dcm`` does
+    (identical for the files it reads, tested), so pretrained weights see their input range.
+    ``minmax`` stretches each image's own min..max instead, for collections whose headers
+    claim many more bits than the pixels use.
+    """
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    if scale not in DICOM_SCALES:
+        raise ValueError(f"data.preprocess.dicom_scale={scale!r}: use one of {DICOM_SCALES}")
     try:
         ds = pydicom.dcmread(str(path))
     except Exception as e:  # pydicom raises many types for broken files
@@ -71,37 +109,44 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, float]:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise UnreadableImageError(
-            path, f"unsupported PhotometricInterpretation {photometric} (expected MONOCHROME1/2)"
+            path,
+            f"unsupported PhotometricInterpretation {photometric} (a radiograph is MONOCHROME1/2)",
         )
     try:
         arr = ds.pixel_array
     except Exception as e:
+        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
+        name = getattr(syntax, "name", syntax)
         raise UnreadableImageError(
-            path, f"cannot decode pixel data ({e}); transfer syntax {ds.file_meta.TransferSyntaxUID}"
+            path, f"cannot decode pixel data with transfer syntax {name} ({e})"
         ) from e
     if arr.ndim != 2:
         raise UnreadableImageError(path, f"expected one 2-D frame, got shape {arr.shape}")
-    arr = apply_modality_lut(arr, ds).astype(np.float32)
+    lo, hi = _output_range(ds)
+    arr = apply_modality_lut(arr, ds)
     if "VOILUTSequence" in ds or "WindowCenter" in ds:
-        arr = apply_voi_lut(arr, ds, prefer_lut=True).astype(np.float32)
-    lo, hi = float(arr.min()), float(arr.max())
+        arr = apply_voi_lut(arr, ds, prefer_lut=True)
+    arr = arr.astype(np.float32)
+    if photometric == "MONOCHROME1":  # bright background: reflect within the output range
+        arr = (hi + lo) - arr
+    if scale == "minmax":
+        lo, hi = float(arr.min()), float(arr.max())
     arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    if photometric == "MONOCHROME1":
-        arr = 1.0 - arr
-    return arr, 1.0
+    return np.clip(arr, 0.0, 1.0), 1.0
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, float]:
+def read_image(path: str | Path, dicom_scale: str = "full_range") -> tuple[np.ndarray, float]:
     """Read ``path`` as a 2-D grayscale array and its full-scale value.
 
+    ``dicom_scale`` is ``read_dicom``'s ``scale`` (bitmaps carry their range in their bit depth).
     Raises ``UnreadableImageError`` (with the path and the reason) for anything it cannot read.
     """
     p = Path(path)
     if not p.is_file():
         raise UnreadableImageError(p, "file does not exist")
     suffix = p.suffix.lower()
-    if suffix in DICOM_SUFFIXES or (suffix == "" and _looks_like_dicom(p)):
-        return read_dicom(p)
+    if suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and _looks_like_dicom(p)):
+        return read_dicom(p, dicom_scale)
     if suffix in IMAGE_SUFFIXES:
         return read_bitmap(p)
     raise UnreadableImageError(p, f"unsupported file type '{suffix}'")
@@ -111,7 +156,6 @@ def _looks_like_dicom(p: Path) -> bool:
     with open(p, "rb") as f:
         head = f.read(132)
     return len(head) == 132 and head[128:132] == b"DICM"
-
 
 
 def read_header(path: str | Path) -> dict:
@@ -124,7 +168,7 @@ def read_header(path: str | Path) -> dict:
     if not p.is_file():
         raise UnreadableImageError(p, "file does not exist")
     suffix = p.suffix.lower()
-    if suffix in DICOM_SUFFIXES or (suffix == "" and _looks_like_dicom(p)):
+    if suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and _looks_like_dicom(p)):
         import pydicom
 
         try:

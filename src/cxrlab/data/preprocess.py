@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from cxrlab.data.imageio import read_image
+from cxrlab.data.imageio import DICOM_SCALES, read_image
 
 ASPECTS = ("crop", "pad")
 NORMALIZATIONS = ("none", "minmax", "equalize", "clahe")
@@ -20,6 +20,8 @@ class PreprocessSpec:
     size: int = 224
     aspect: str = "crop"  # crop: center square (torchxrayvision's XRayCenterCrop); pad: letterbox
     normalization: str = "none"  # none | minmax | equalize | clahe
+    # DICOM only: full_range (the header's bit range, as torchxrayvision) or minmax (per image)
+    dicom_scale: str = "full_range"
 
     def __post_init__(self):
         if self.aspect not in ASPECTS:
@@ -27,6 +29,10 @@ class PreprocessSpec:
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"data.preprocess.normalization={self.normalization!r}: use one of {NORMALIZATIONS}"
+            )
+        if self.dicom_scale not in DICOM_SCALES:
+            raise ValueError(
+                f"data.preprocess.dicom_scale={self.dicom_scale!r}: use one of {DICOM_SCALES}"
             )
         if not (8 <= int(self.size) <= 2048):
             raise ValueError(f"data.preprocess.size={self.size}: use 8..2048 pixels")
@@ -74,5 +80,5 @@ def preprocess_array(arr: np.ndarray, max_value: float, spec: PreprocessSpec) ->
 
 def load_preprocessed(path, spec: PreprocessSpec) -> np.ndarray:
     """Read a file and preprocess it: the function shared by the cache and the predictor."""
-    arr, max_value = read_image(path)
+    arr, max_value = read_image(path, spec.dicom_scale)
     return preprocess_array(arr, max_value, spec)
