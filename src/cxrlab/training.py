@@ -280,6 +280,7 @@ def write_split_report(
         "model": model.hparams.get("backbone"),
         "data": dm.describe(),
         "skipped_unreadable": len(dm.skipped),
+        "left_out_by_source": dict(dm.dropped),  # {reason: images}, before subset and split
     }
     report = write_report(
         predictions_frame(dm, model.results[split]),
@@ -341,6 +342,7 @@ def write_test_metrics(out_dir: Path, report: dict, ckpt: str | None) -> None:
         "metrics": headline(report),
         "data": report.get("data"),
         "skipped_unreadable": report.get("skipped_unreadable", 0),
+        "left_out_by_source": report.get("left_out_by_source", {}),
         "report": "report/metrics.json (with 95% patient-bootstrap intervals)",
     }
     (out_dir / "test_metrics.json").write_text(json.dumps(summary, indent=2))

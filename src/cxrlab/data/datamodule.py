@@ -35,7 +35,16 @@ from cxrlab.data.selection import (
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "kaggle_pneumonia", "folder", "csv")
+SOURCES = (
+    "synthetic",
+    "kaggle_pneumonia",
+    "siim_covid",
+    "covid_radiography",
+    "rsna_pneumonia",
+    "nih",
+    "folder",
+    "csv",
+)
 SPLIT_POLICIES = ("resplit", "official")
 BAD_FILE_POLICIES = ("skip", "error")
 SAMPLERS = ("shuffle", "weighted")
@@ -129,6 +138,7 @@ class CXRDataModule(pl.LightningDataModule):
         self._index: tuple[pd.DataFrame, list[str]] | None = None
         self.classes: list[str] = []
         self.skipped: dict[str, str] = {}
+        self.dropped: dict[str, int] = {}
         self._sets: dict[str, CachedImages] = {}
 
     # ------------------------------------------------------------------ selection
@@ -138,17 +148,21 @@ class CXRDataModule(pl.LightningDataModule):
             return self._index
         src = load_source(self.source_name)
         kwargs = dict(self.source)
-        if self.source_name == "synthetic":
-            kwargs["progress"] = self.progress
         known = set(inspect.signature(src.index).parameters)
+        if "progress" in known:
+            kwargs.setdefault("progress", self.progress)
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise SelectionError(
                 f"data.source: {unknown} are not settings of the {self.source_name} source "
-                f"(its settings: {sorted(known - {'task'})}); remove them, e.g. "
+                f"(its settings: {sorted(known - {'task', 'progress'})}); remove them, e.g. "
                 f"~data.source.{unknown[0]}"
             )
         df, classes = src.index(task=self.task, **kwargs)
+        # rows the source left out and why (label rows without files, lateral views, ...)
+        self.dropped = dict(df.attrs.get("dropped", {}))
+        if self.dropped:
+            log.info("%s: left out %s", self.source_name, self.dropped)
         self.classes = list(classes)
         self._index = (df, self.classes)
         return self._index

@@ -29,3 +29,41 @@ def validate_manifest(df: pd.DataFrame, classes: list[str], name: str) -> pd.Dat
     if dup.any():
         raise SourceError(f"{name}: {int(dup.sum())} duplicate paths, e.g. {df.path[dup].iloc[0]}")
     return df.reset_index(drop=True)
+
+
+def files_by_name(root, suffixes) -> dict[str, str]:
+    """Every file under ``root`` with one of ``suffixes``, by file name (label files name
+    images, not paths). Hidden files (``.DS_Store``, ``._x.png``) and ``Thumbs.db`` are not
+    images and are left out."""
+    import os
+
+    out: dict[str, str] = {}
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for n in names:
+            if not n.startswith(".") and os.path.splitext(n)[1].lower() in suffixes:
+                out.setdefault(n, os.path.join(os.path.abspath(folder), n))
+    return out
+
+
+def note_dropped(df: pd.DataFrame, dropped: dict[str, int]) -> pd.DataFrame:
+    """Attach ``{reason: count}`` of rows a source left out; the datamodule reports them."""
+    df.attrs["dropped"] = {**df.attrs.get("dropped", {}), **{k: int(v) for k, v in dropped.items() if v}}
+    return df
+
+
+def attach_paths(
+    df: pd.DataFrame, names: pd.Series, files: dict[str, str], where: str, hint: str
+) -> pd.DataFrame:
+    """Join label rows to files found on disk; rows whose file is missing are dropped and
+    counted (a partial download still trains), none found at all is an error saying what to do.
+    """
+    paths = names.map(files)
+    missing = int(paths.isna().sum())
+    if missing == len(df):
+        raise SourceError(
+            f"{where}: none of the {len(df)} images named in the label file were found. {hint}"
+        )
+    dropped = dict(df.attrs.get("dropped", {}))
+    out = df.assign(path=paths)[paths.notna()].reset_index(drop=True)
+    return note_dropped(out, {**dropped, "label row without its image file": missing})
