@@ -1,12 +1,14 @@
 """Users' own data: the folder and csv sources, through the datamodule and train.py."""
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from test_train import run_train
 
 from cxrlab.data.datamodule import CXRDataModule
+from cxrlab.data.selection import SelectionError
 from cxrlab.data.sources import SourceError, folder
 from cxrlab.data.sources import csv as csv_source
 
@@ -96,3 +98,81 @@ def test_a_setting_the_source_does_not_have_is_named(class_folders, tmp_path):
     proc = run_train(tmp_path, "data=folder", f"data.source.root={class_folders}", check=False)
     assert proc.returncode != 0
     assert "['num_patients'] are not settings of the folder source" in proc.stderr
+
+
+# ---------------------------------------------------------------- bad input
+def labels_csv(class_folders, tmp_path, extra_rows=()):
+    df, _ = folder.index(class_folders, patient_regex=PHANTOM_PATIENT)
+    df = pd.concat([df, pd.DataFrame(list(extra_rows))], ignore_index=True)
+    f = tmp_path / "labels.csv"
+    df[["path", "label", "patient_id"]].to_csv(f, index=False)
+    return f, df
+
+
+def test_csv_duplicate_rows_are_counted_and_conflicting_labels_named(class_folders, tmp_path):
+    base, df = labels_csv(class_folders, tmp_path)
+    first = df.iloc[0]
+    f, _ = labels_csv(class_folders, tmp_path, [first.to_dict(), first.to_dict()])
+    got, _ = csv_source.index(f)
+    assert len(got) == len(df) and got.attrs["dropped"] == {"duplicate row": 2}
+    f, _ = labels_csv(
+        class_folders,
+        tmp_path,
+        [{**first.to_dict(), "label": "pneumonia" if first.label == "normal" else "normal"}],
+    )
+    with pytest.raises(SourceError, match="different labels, e.g. " + first.path):
+        csv_source.index(f)
+
+
+def test_csv_label_outside_the_class_list_is_named(class_folders, tmp_path):
+    row = {"path": str(class_folders / "x.png"), "label": "covid", "patient_id": "p1"}
+    f, _ = labels_csv(class_folders, tmp_path, [row])
+    with pytest.raises(SourceError, match=r"labels \['covid'\] are not in the class list.*x.png"):
+        csv_source.index(f, classes=["normal", "pneumonia"])
+
+
+def test_bad_files_are_skipped_and_counted_or_stop_before_training(class_folders, tmp_path):
+    """A missing file in the label CSV, a corrupt JPEG, a truncated PNG, a text file named .png:
+    skipped and counted with data.on_bad_file=skip, all named before training with error."""
+    root = tmp_path / "images"
+    shutil.copytree(class_folders, root)
+    good = next((root / "normal" / "sub").glob("*.jpeg")).read_bytes()
+    (root / "normal" / "sub" / "IM-9001-0001.jpeg").write_bytes(good[: len(good) // 3] + b"\0" * 50)
+    (root / "normal" / "sub" / "IM-9002-0001.jpeg").write_bytes(b"\xff\xd8garbage")
+    import cv2
+    import numpy as np
+
+    ok, png = cv2.imencode(".png", np.full((64, 64), 128, np.uint8))
+    (root / "pneumonia" / "sub" / "person9003_bacteria_1.png").write_bytes(png.tobytes()[:60])
+    (root / "pneumonia" / "sub" / "person9004_virus_1.png").write_text("not an image")
+    (root / "pneumonia" / "Thumbs.db").write_bytes(b"\0" * 32)
+    f, df = labels_csv(root, tmp_path, [{"path": str(root / "normal" / "gone.png"),
+                                         "label": "normal", "patient_id": "IM-9005"}])  # fmt: skip
+
+    def module(policy):
+        return CXRDataModule(source={"name": "csv", "file": str(f)}, preprocess={"size": 32},
+                             cache_dir=str(tmp_path / "cache"), on_bad_file=policy,
+                             num_workers=0, progress=False)  # fmt: skip
+
+    dm = module("skip")
+    dm.setup()
+    assert "file does not exist" in dm.skipped[str(root / "normal" / "gone.png")]
+    truncated_jpeg = str(root / "normal" / "sub" / "IM-9001-0001.jpeg")
+    bad = {p for p in dm.skipped} - {truncated_jpeg}  # a truncated JPEG may decode in part
+    assert len(bad) == 4 and all(Path(p).name in
+                                 {"gone.png", "IM-9002-0001.jpeg", "person9003_bacteria_1.png",
+                                  "person9004_virus_1.png"} for p in bad)  # fmt: skip
+    used = sum(len(dm.dataset(s)) for s in ("train", "val", "test"))
+    assert used == len(df) - len(dm.skipped)
+    with pytest.raises(SelectionError, match="unreadable images .data.on_bad_file=error.") as e:
+        module("error").setup()
+    assert "gone.png: file does not exist" in str(e.value)
+
+
+def test_empty_class_folder_is_named(class_folders, tmp_path):
+    root = tmp_path / "images"
+    shutil.copytree(class_folders, root)
+    (root / "covid").mkdir()
+    (root / "covid" / ".DS_Store").write_text("")
+    with pytest.raises(SourceError, match=r"class folders \['covid'\] hold no images"):
+        folder.index(root, task="multiclass")

@@ -32,8 +32,11 @@ def cache_key(paths: list[str], spec: PreprocessSpec) -> str:
     h = hashlib.sha1()
     h.update(json.dumps({"v": CACHE_VERSION, "spec": spec.to_dict()}, sort_keys=True).encode())
     for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:  # a missing file: recorded as unreadable by the build, never a crash
+            h.update(f"{p}\0missing\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -24,7 +24,11 @@ def validate_manifest(df: pd.DataFrame, classes: list[str], name: str) -> pd.Dat
         raise SourceError(f"{name}: no images found")
     unknown = sorted(set(df["label"]) - set(classes))
     if unknown:
-        raise SourceError(f"{name}: labels {unknown} are not in the class list {classes}")
+        example = df.loc[df["label"] == unknown[0], "path"].iloc[0]
+        raise SourceError(
+            f"{name}: labels {unknown} are not in the class list {classes} (e.g. {example}); "
+            "fix the labels or the class list (data.source.classes)"
+        )
     dup = df["path"].duplicated()
     if dup.any():
         raise SourceError(f"{name}: {int(dup.sum())} duplicate paths, e.g. {df.path[dup].iloc[0]}")

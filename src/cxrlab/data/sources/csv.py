@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlab.data.sources import SourceError, validate_manifest
+from cxrlab.data.sources import SourceError, note_dropped, validate_manifest
 from cxrlab.data.sources.folder import patients_from_names
 
 
@@ -50,4 +50,15 @@ def index(
         names = [Path(p).stem for p in paths]
         patients = patients_from_names(names, patient_regex, str(file))
     df = pd.DataFrame({"path": paths, "label": labels, "patient_id": patients})
+    # a row listed twice is one image; one file with two different labels is a labelling error
+    conflict = df.drop_duplicates(["path", "label"])["path"].duplicated(keep=False)
+    if conflict.any():
+        first = df.drop_duplicates(["path", "label"])[conflict].iloc[0]["path"]
+        labels_of = sorted(df[df["path"] == first]["label"].unique())
+        raise SourceError(
+            f"{file}: {int(conflict.sum())} rows give one file different labels, e.g. {first}: "
+            f"{labels_of}; fix the label file (cxrlab trains single-label classifiers)"
+        )
+    dup = df.duplicated(["path", "label"])
+    df = note_dropped(df[~dup].reset_index(drop=True), {"duplicate row": int(dup.sum())})
     return validate_manifest(df, classes, "csv"), classes

@@ -66,5 +66,11 @@ def index(
             if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES and not f.name.startswith("."):
                 rows.append({"path": str(f.resolve()), "label": c, "name": f.stem})
     df = pd.DataFrame(rows, columns=["path", "label", "name"])
+    empty = [c for c in classes if not (df["label"] == c).any()]
+    if empty:
+        raise SourceError(
+            f"{root}: class folders {empty} hold no images ({sorted(SUPPORTED_SUFFIXES)}); "
+            "add images or leave the class out with data.source.classes"
+        )
     df["patient_id"] = patients_from_names(df["name"].tolist(), patient_regex, str(root))
     return validate_manifest(df.drop(columns="name"), classes, "folder"), classes
