@@ -1,4 +1,4 @@
-"""List the datasets cxrlab reads and how to get them: `python download_data.py --list`."""
+"""Get the datasets cxrlab reads: `python download_data.py --list`, then `python download_data.py <name>`."""
 
 import sys
 
