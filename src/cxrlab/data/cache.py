@@ -25,6 +25,7 @@ from cxrlab.data.preprocess import PreprocessSpec, load_preprocessed
 from cxrlab.utils.progress import track
 
 log = logging.getLogger(__name__)
+POOL_MIN_FILES = 64  # fewer files are decoded in this process (a pool costs ~1 s to start)
 CACHE_VERSION = 2  # 2: DICOM scaled by the header's range (torchxrayvision parity)
 
 
@@ -93,7 +94,7 @@ def build_cache(
         unreadable: dict[str, str] = {}
         jobs = [(p, spec) for p in paths]
         log.info("Building the image cache (%d images at %d px) in %s", n, s, folder)
-        if workers > 1 and n > 64:
+        if workers > 1 and n > POOL_MIN_FILES:
             with ProcessPoolExecutor(workers) as pool:
                 results = pool.map(_load, jobs, chunksize=16)
                 _fill(store, results, paths, unreadable, progress)
