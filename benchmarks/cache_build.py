@@ -42,13 +42,15 @@ FORMATS = {  # name: (height, width, bits, writer)
 }
 
 
-def make_files(tmp: Path) -> dict[str, list[str]]:
+def make_files(tmp: Path, wanted: list[str]) -> dict[str, list[str]]:
     src = tmp / "phantom"
     phantom.generate(src, phantom.PhantomConfig(num_patients=16, seed=1, workers=2), progress=False)
     bases = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in sorted(src.rglob("*.jpeg"))[:N]]
     rng = np.random.default_rng(0)
     out: dict[str, list[str]] = {}
     for name, (h, w, bits, kind) in FORMATS.items():
+        if name not in wanted:
+            continue
         files = []
         for i, base in enumerate(bases):
             img = cv2.resize(base, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255
@@ -75,15 +77,23 @@ def timed_build(files: list[str], workers: int, cache_dir: Path) -> float:
 
 
 def main() -> None:
+    import argparse
+
     import cxrlab.data.cache as cache_mod
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--formats", nargs="*", default=list(FORMATS), choices=list(FORMATS))
+    wanted = ap.parse_args().formats
 
     rows = {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        files = make_files(tmp)
+        files = make_files(tmp, wanted)
         # the build uses a pool only above 64 files; N is smaller, so lower the bar here
         cache_mod.POOL_MIN_FILES = 8
         for name, paths in files.items():
+            if name not in wanted:
+                continue
             mb = sum(Path(p).stat().st_size for p in paths) / 2**20
             res = {}
             for workers in (1, 2):  # side by side, 3 repeats each, medians
@@ -97,7 +107,8 @@ def main() -> None:
                 "ratio_2_to_1": round(res[1] / res[2], 2),
             }
             print(name, rows[name], flush=True)
-    save("cache_build", {"size": 224, "formats": rows})
+    save("cache_build" if len(wanted) == len(FORMATS) else "cache_build_" + "_".join(wanted),
+         {"size": 224, "formats": rows})  # fmt: skip
 
 
 if __name__ == "__main__":

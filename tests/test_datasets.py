@@ -8,7 +8,7 @@ from pathlib import Path
 import layouts
 import pandas as pd
 import pytest
-from test_train import run_eval, run_train
+from test_train import run_eval, run_script, run_train
 
 from cxrlab.data.datamodule import CXRDataModule
 from cxrlab.data.selection import assert_no_leakage, patient_grouped_split
@@ -174,3 +174,16 @@ def test_train_and_eval_on_each_dataset(name, datasets, tmp_path):
     assert again["images"] == metrics["images"]  # eval.py rebuilds the same test split
     preds = pd.read_csv(tmp_path / "eval" / "report" / "predictions.csv")
     assert preds["path"].str.startswith(str(root)).all()
+
+
+def test_explore_reports_what_the_source_left_out(datasets, tmp_path):
+    root, exp = datasets["siim_covid"]
+    overrides = ["data=siim_covid", f"data.source.root={root}", "explore.progress=false",
+                 "explore.samples_per_class=2"]  # fmt: skip
+    run_script("explore.py", tmp_path, "report", overrides, check=True)
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    left_out = summary["index"]["left_out_by_source"]
+    assert left_out["view not in ['AP', 'PA']"] == exp["lateral"]
+    text = (tmp_path / "report" / "summary.md").read_text()
+    assert f"image of a multi-image study with no ViewPosition: {exp['ambiguous']}" in text
+    assert "DICOM" in summary["headers"]["formats"]

@@ -98,6 +98,7 @@ def summarize(dm: CXRDataModule, header_sample: int | None, progress: bool, seed
         summary["index"]["subtypes"] = {k: int(v) for k, v in full["subtype"].value_counts().items()}
     if "view" in full:
         summary["index"]["views"] = {str(k): int(v) for k, v in full["view"].value_counts().items()}
+    summary["index"]["left_out_by_source"] = dict(dm.dropped)
     if "official_split" in full:
         summary["official_splits"] = _counts(full, classes, "official_split")
         leak = full.groupby("patient_id")["official_split"].nunique()
@@ -268,6 +269,11 @@ def markdown(summary: dict, pictures: list[Path]) -> str:
         lines.append("- subtypes: " + ", ".join(f"{k} {v}" for k, v in idx["subtypes"].items()))
     if "views" in idx:
         lines.append("- views: " + ", ".join(f"{k} {v}" for k, v in idx["views"].items()))
+    if idx.get("left_out_by_source"):
+        lines.append(
+            "- left out by the source: "
+            + "; ".join(f"{k}: {v}" for k, v in idx["left_out_by_source"].items())
+        )
     d = summary["duplicates"]
     lines.append(f"- byte-identical files: {d['files']} in {d['groups']} groups")
     h = summary["headers"]
