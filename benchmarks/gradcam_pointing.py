@@ -75,26 +75,32 @@ def main() -> None:
             images.append(load_preprocessed(path, pred.spec))
             masks.append(mask)
     images, masks = np.stack(images), np.stack(masks)
-    heat = np.concatenate(
-        [
-            pred.gradcam(images[i : i + 16], ["pneumonia"] * len(images[i : i + 16]))
-            for i in range(0, len(images), 16)
-        ]
-    )
+    from cxrlab.inference.gradcam import gradcam_layer
+
     result = {"benchmark": "gradcam_pointing", "machine": machine(), "checkpoint": str(ckpt)}
     metrics = json.loads((ckpt.parents[1] / "test_metrics.json").read_text())["metrics"]
     result["model_test_auroc"] = round(metrics["test/auroc"], 4)
     result["images"] = len(images)
     size = images.shape[-1]
-    for tol in (0, 8):
-        hits = pointing_hits(heat, masks, tolerance=tol)
-        k = np.ones((2 * tol + 1, 2 * tol + 1), np.uint8)
-        chance = float(np.mean([cv2.dilate(m.astype(np.uint8), k).mean() for m in masks]))
-        result[f"tolerance_{tol}px"] = {
-            "pointing_accuracy": round(float(hits.mean()), 3),
-            "chance": round(chance, 3),
-            "ratio_to_chance": round(float(hits.mean()) / chance, 2),
+    for layer in ("last", "previous"):  # the same images and checkpoint, two target layers
+        heat = np.concatenate(
+            [
+                pred.gradcam(images[i : i + 16], ["pneumonia"] * len(images[i : i + 16]), layer)
+                for i in range(0, len(images), 16)
+            ]
+        )
+        out = result[f"layer_{layer}"] = {
+            "module": gradcam_layer(pred.model.hparams["backbone"], layer)
         }
+        for tol in (0, 8):
+            hits = pointing_hits(heat, masks, tolerance=tol)
+            k = np.ones((2 * tol + 1, 2 * tol + 1), np.uint8)
+            chance = float(np.mean([cv2.dilate(m.astype(np.uint8), k).mean() for m in masks]))
+            out[f"tolerance_{tol}px"] = {
+                "pointing_accuracy": round(float(hits.mean()), 3),
+                "chance": round(chance, 3),
+                "ratio_to_chance": round(float(hits.mean()) / chance, 2),
+            }
     result["mean_mask_area_fraction"] = round(float(masks.mean()), 3)
     result["input_size"] = size
     BENCH.mkdir(parents=True, exist_ok=True)

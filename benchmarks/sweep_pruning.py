@@ -1,11 +1,14 @@
 """Pruning benchmark: the same Optuna sweep on the phantom with and without a pruner.
 
-    python benchmarks/sweep_pruning.py [--trials 12] [--epochs 8]
+    python benchmarks/sweep_pruning.py [--trials 12] [--epochs 8] [--arms none median sha]
 
-Both arms run `python train.py -m hparams_search=optuna ...` one after the other on this
+Every arm runs `python train.py -m hparams_search=optuna ...` one after the other on this
 machine, with the same seed (so the random start-up trials are the same), the same search
-space and their own study; one with `hydra.sweeper.pruner=null`. Reported: wall time of each
-sweep, best validation AUROC, trials pruned, and the ratios. Writes logs/bench/sweep_pruning.json.
+space and its own study: `none` with `hydra.sweeper.pruner=null` (the baseline), `median` with
+the default MedianPruner, `sha` with a SuccessiveHalvingPruner (rungs at 1, 3, 9 epochs,
+keeping the best third). Reported: wall time of each sweep, best validation AUROC, trials
+pruned, epochs trained, and each pruner's ratios to the baseline. Writes
+logs/bench/sweep_pruning.json.
 """
 
 from __future__ import annotations
@@ -42,7 +45,18 @@ SETTINGS = [
 ]
 
 
-def sweep(out: Path, name: str, trials: int, epochs: int, prune: bool) -> dict:
+PRUNERS = {
+    "none": ["hydra.sweeper.pruner=null"],
+    "median": [],  # the default in configs/hparams_search/optuna.yaml
+    "sha": [
+        "hydra.sweeper.pruner=null",
+        "hydra.sweeper.pruner={_target_:optuna.pruners.SuccessiveHalvingPruner,"
+        "min_resource:1,reduction_factor:3}",
+    ],
+}
+
+
+def sweep(out: Path, name: str, trials: int, epochs: int, pruner: str) -> dict:
     args = [
         "-m",
         *SETTINGS,
@@ -52,8 +66,7 @@ def sweep(out: Path, name: str, trials: int, epochs: int, prune: bool) -> dict:
         f"hydra.sweeper.n_trials={trials}",
         f"trainer.max_epochs={epochs}",
     ]
-    if not prune:
-        args.append("hydra.sweeper.pruner=null")
+    args += PRUNERS[pruner]
     t0 = time.perf_counter()
     train_py(*args)
     wall = time.perf_counter() - t0
@@ -74,21 +87,32 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--arms", nargs="+", default=["none", "median", "sha"], choices=list(PRUNERS))
     args = p.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = BENCH / f"sweep-{stamp}"
     # build the phantom and the cache once, outside the timed sweeps
-    sweep(out / "warmup", "warmup", 1, 1, prune=False)
-    base = sweep(out / "no_pruning", "no-pruning", args.trials, args.epochs, prune=False)
-    pruned = sweep(out / "median_pruner", "median-pruner", args.trials, args.epochs, prune=True)
+    sweep(out / "warmup", "warmup", 1, 1, pruner="none")
+    arms = {}
+    for arm in args.arms:
+        arms[arm] = sweep(out / arm, f"pruner-{arm}", args.trials, args.epochs, arm)
+        print(arm, arms[arm], flush=True)
     result = {
         "settings": SETTINGS + [f"n_trials={args.trials}", f"max_epochs={args.epochs}"],
-        "no_pruning": base,
-        "median_pruner": pruned,
-        "time_ratio": round(pruned["wall_s"] / base["wall_s"], 3),
-        "time_saved_pct": round(100 * (1 - pruned["wall_s"] / base["wall_s"]), 1),
-        "best_value_delta": round(pruned["best_val_auroc"] - base["best_val_auroc"], 4),
+        "arms": arms,
     }
+    if "none" in arms:
+        base = arms["none"]
+        result["against_no_pruning"] = {
+            arm: {
+                "time_ratio": round(r["wall_s"] / base["wall_s"], 3),
+                "time_saved_pct": round(100 * (1 - r["wall_s"] / base["wall_s"]), 1),
+                "epochs_ratio": round(r["epochs_trained"] / base["epochs_trained"], 3),
+                "best_value_delta": round(r["best_val_auroc"] - base["best_val_auroc"], 4),
+            }
+            for arm, r in arms.items()
+            if arm != "none"
+        }
     BENCH.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "sweep_pruning", "machine": machine(), **result}
     (BENCH / "sweep_pruning.json").write_text(json.dumps(result, indent=2))

@@ -8,6 +8,7 @@ pydicom (modality LUT / rescale, VOI LUT or window, MONOCHROME1 inverted). Every
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -40,8 +41,9 @@ def _to_gray(arr: np.ndarray) -> np.ndarray:
     raise ValueError(f"unexpected image shape {arr.shape}")
 
 
-def read_bitmap(path: str | Path) -> tuple[np.ndarray, float]:
-    data = np.fromfile(str(path), dtype=np.uint8)
+def read_bitmap(path: str | Path, data: bytes | None = None) -> tuple[np.ndarray, float]:
+    """PNG/JPEG/TIFF/BMP from ``path``, or from ``data`` (its bytes; ``path`` then only names it)."""
+    data = np.fromfile(str(path), dtype=np.uint8) if data is None else np.frombuffer(data, np.uint8)
     if data.size == 0:
         raise UnreadableImageError(path, "empty file")
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
@@ -92,7 +94,9 @@ def _output_range(ds) -> tuple[float, float]:
     return min(lo, hi), max(lo, hi)
 
 
-def read_dicom(path: str | Path, scale: str = "full_range") -> tuple[np.ndarray, float]:
+def read_dicom(
+    path: str | Path, scale: str = "full_range", data: bytes | None = None
+) -> tuple[np.ndarray, float]:
     """DICOM to display values in [0, 1]: modality LUT, VOI LUT or window, MONOCHROME1 inverted.
 
     ``scale=full_range`` maps the range the pixel pipeline can produce (``2^BitsStored`` levels
@@ -107,7 +111,7 @@ def read_dicom(path: str | Path, scale: str = "full_range") -> tuple[np.ndarray,
     if scale not in DICOM_SCALES:
         raise ValueError(f"data.preprocess.dicom_scale={scale!r}: use one of {DICOM_SCALES}")
     try:
-        ds = pydicom.dcmread(str(path))
+        ds = pydicom.dcmread(str(path) if data is None else io.BytesIO(data))
     except Exception as e:  # pydicom raises many types for broken files
         raise UnreadableImageError(path, f"not a readable DICOM file ({e})") from e
     if "PixelData" not in ds:
@@ -147,26 +151,32 @@ def read_dicom(path: str | Path, scale: str = "full_range") -> tuple[np.ndarray,
     return np.clip(arr, 0.0, 1.0), 1.0
 
 
-def read_image(path: str | Path, dicom_scale: str = "full_range") -> tuple[np.ndarray, float]:
+def read_image(
+    path: str | Path, dicom_scale: str = "full_range", data: bytes | None = None
+) -> tuple[np.ndarray, float]:
     """Read ``path`` as a 2-D grayscale array and its full-scale value.
 
     ``dicom_scale`` is ``read_dicom``'s ``scale`` (bitmaps carry their range in their bit depth).
+    With ``data`` (an upload's bytes) nothing is read from disk: ``path`` only gives the file
+    name and suffix, and the same rules apply.
     Raises ``UnreadableImageError`` (with the path and the reason) for anything it cannot read.
     """
     p = Path(path)
-    if not p.is_file():
+    if data is None and not p.is_file():
         raise UnreadableImageError(p, "file does not exist")
     suffix = p.suffix.lower()
-    if suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and _looks_like_dicom(p)):
-        return read_dicom(p, dicom_scale)
+    head = data[:132] if data is not None else None
+    if suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and _looks_like_dicom(p, head)):
+        return read_dicom(p, dicom_scale, data)
     if suffix in IMAGE_SUFFIXES:
-        return read_bitmap(p)
+        return read_bitmap(p, data)
     raise UnreadableImageError(p, f"unsupported file type '{suffix}'")
 
 
-def _looks_like_dicom(p: Path) -> bool:
-    with open(p, "rb") as f:
-        head = f.read(132)
+def _looks_like_dicom(p: Path, head: bytes | None = None) -> bool:
+    if head is None:
+        with open(p, "rb") as f:
+            head = f.read(132)
     return len(head) == 132 and head[128:132] == b"DICM"
 
 

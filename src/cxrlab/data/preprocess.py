@@ -78,7 +78,8 @@ def preprocess_array(arr: np.ndarray, max_value: float, spec: PreprocessSpec) ->
     return np.ascontiguousarray(img, dtype=np.uint8)
 
 
-def load_preprocessed(path, spec: PreprocessSpec) -> np.ndarray:
-    """Read a file and preprocess it: the function shared by the cache and the predictor."""
-    arr, max_value = read_image(path, spec.dicom_scale)
+def load_preprocessed(path, spec: PreprocessSpec, data: bytes | None = None) -> np.ndarray:
+    """Read a file and preprocess it: the function shared by the cache, the predictor and the
+    HTTP API (which passes the upload's ``data``; ``path`` then only names it)."""
+    arr, max_value = read_image(path, spec.dicom_scale, data)
     return preprocess_array(arr, max_value, spec)

@@ -15,10 +15,28 @@ import torch.nn.functional as F
 from cxrlab.models.backbones import BACKBONES
 
 
+def gradcam_layer(backbone: str, layer: str | None = None) -> str:
+    """The module path Grad-CAM reads: the registry's last stage (``None`` or ``"last"``),
+    the stage before it (``"previous"``: twice the resolution), or any module path."""
+    entry = BACKBONES[backbone]
+    if layer in (None, "last"):
+        return entry.gradcam_layer
+    if layer == "previous":
+        return entry.blocks[-2][-1]
+    return layer
+
+
 class GradCAM:
-    def __init__(self, model):
+    def __init__(self, model, layer: str | None = None):
         self.model = model
-        self.layer = model.net.get_submodule(BACKBONES[model.hparams["backbone"]].gradcam_layer)
+        path = gradcam_layer(model.hparams["backbone"], layer)
+        try:
+            self.layer = model.net.get_submodule(path)
+        except AttributeError as e:
+            raise ValueError(
+                f"Grad-CAM layer {path!r} is not a module of {model.hparams['backbone']}: use "
+                "last, previous or a module path such as features.6"
+            ) from e
 
     def __call__(self, x: torch.Tensor, class_idx: int | list[int] | torch.Tensor) -> np.ndarray:
         """Network input (N, C, S, S) -> heatmaps (N, S, S) in [0, 1] for ``class_idx``."""

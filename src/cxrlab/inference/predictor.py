@@ -38,20 +38,23 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device=None) -> Predictor:
         return cls(load_model(path), device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Preprocessed uint8 squares (N, S, S) -> class probabilities (N, K)."""
         x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(self.device)
         logits = self.model(self.model.to_network_input(x))
         return logits.float().softmax(1).cpu().numpy()
 
-    def gradcam(self, images: np.ndarray, labels: list[str]) -> np.ndarray:
-        """Grad-CAM heatmaps (N, S, S) in [0, 1] of each image's predicted class."""
+    def gradcam(
+        self, images: np.ndarray, labels: list[str], layer: str | None = None
+    ) -> np.ndarray:
+        """Grad-CAM heatmaps (N, S, S) in [0, 1] of each image's predicted class; ``layer``:
+        ``last`` (default), ``previous`` or a module path (``gradcam.gradcam_layer``)."""
         from cxrlab.inference.gradcam import GradCAM
 
         x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(self.device)
         idx = [self.classes.index(lab) for lab in labels]
-        return GradCAM(self.model)(self.model.to_network_input(x), idx)
+        return GradCAM(self.model, layer)(self.model.to_network_input(x), idx)
 
     def gradcam_overlays(self, images: np.ndarray, labels: list[str]) -> list[np.ndarray]:
         """RGB overlays of each image's Grad-CAM heatmap (predicted class)."""

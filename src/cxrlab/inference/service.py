@@ -1,8 +1,8 @@
 """The HTTP API over a ``Predictor``: ``python serve.py --ckpt best.ckpt``.
 
 Uploads go through the training run's exact read/preprocess path (``imageio.read_image`` via
-``load_preprocessed``, from a temporary file with the upload's suffix), so PNG, JPEG and DICOM
-are read by the same rules as in training. Bad input never becomes a 500: unsupported types
+``load_preprocessed``, decoded from the upload's bytes in memory with its suffix), so PNG, JPEG
+and DICOM are read by the same rules as in training. Bad input never becomes a 500: unsupported types
 are 415, files that do not decode are 422 with the reason, uploads over the size limit and
 batches over the count limit are 413. Inference runs in a worker thread (the event loop stays
 free); one lock serializes the model, so concurrent requests are answered correctly.
@@ -11,14 +11,14 @@ free); one lock serializes the model, so concurrent requests are answered correc
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, HTTPException, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -109,25 +109,26 @@ def create_app(
     limit = int(max_upload_mb * 1024 * 1024)
     errors = {413: {"model": Error}, 415: {"model": Error}, 422: {"model": Error}}
 
-    async def read_upload(upload: UploadFile) -> np.ndarray:
+    async def read_bytes(upload: UploadFile) -> tuple[bytes, str]:
         suffix = suffix_for(upload)
         data = await upload.read(limit + 1)
         if len(data) > limit:
             raise HTTPException(413, f"{upload.filename}: larger than {max_upload_mb:g} MB")
         if not data:
             raise HTTPException(422, f"{upload.filename}: empty file")
+        return data, suffix
+
+    async def read_upload(upload: UploadFile) -> np.ndarray:
+        data, suffix = await read_bytes(upload)
         return await run_in_threadpool(_decode, data, suffix, upload.filename or "upload")
 
     def _decode(data: bytes, suffix: str, name: str) -> np.ndarray:
-        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
-            f.write(data)
-            f.flush()
-            try:
-                return load_preprocessed(f.name, predictor.spec)
-            except UnreadableImageError as e:
-                raise HTTPException(422, f"{name}: {e.reason}") from e
-            except Exception as e:  # a decoder's own error on hostile bytes
-                raise HTTPException(422, f"{name}: cannot decode ({type(e).__name__}: {e})") from e
+        try:
+            return load_preprocessed(f"upload{suffix}", predictor.spec, data)
+        except UnreadableImageError as e:
+            raise HTTPException(422, f"{name}: {e.reason}") from e
+        except Exception as e:  # a decoder's own error on hostile bytes
+            raise HTTPException(422, f"{name}: cannot decode ({type(e).__name__}: {e})") from e
 
     def _predict(images: list[np.ndarray]) -> np.ndarray:
         with lock:
@@ -183,12 +184,27 @@ def create_app(
         return base64.b64encode(png.tobytes()).decode("ascii")
 
     @app.post("/predict", response_model=Prediction, responses=errors)
-    async def predict(file: Annotated[UploadFile, File()], gradcam: bool = False) -> Prediction:
+    async def predict(
+        file: Annotated[UploadFile, File()], response: Response, gradcam: bool = False
+    ) -> Prediction:
         """One PNG/JPEG/DICOM radiograph: per-class probabilities, label and threshold;
-        ``gradcam=true`` adds a Grad-CAM overlay PNG (base64) of the predicted class."""
-        image = await read_upload(file)
-        probs = await run_in_threadpool(_predict, [image])
-        out = to_predictions([file.filename or "upload"], probs)[0]
+        ``gradcam=true`` adds a Grad-CAM overlay PNG (base64) of the predicted class.
+        The ``Server-Timing`` header gives the decode and model milliseconds."""
+        data, suffix = await read_bytes(file)
+        name = file.filename or "upload"
+
+        def work():  # decode and forward in one worker-thread hop
+            t0 = time.perf_counter()
+            image = _decode(data, suffix, name)
+            t1 = time.perf_counter()
+            probs = _predict([image])
+            return image, probs, t1 - t0, time.perf_counter() - t1
+
+        image, probs, decode_s, model_s = await run_in_threadpool(work)
+        response.headers["Server-Timing"] = (
+            f"decode;dur={decode_s * 1000:.1f}, model;dur={model_s * 1000:.1f}"
+        )
+        out = to_predictions([name], probs)[0]
         if gradcam:
             out.gradcam_png = await run_in_threadpool(_gradcam, image, out.label)
         return out
