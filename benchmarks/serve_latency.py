@@ -100,16 +100,26 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.5)
         with httpx.Client(timeout=60) as client:
+            timings = []  # the server's own Server-Timing: decode and model milliseconds
 
             def one():
                 t0 = time.perf_counter()
                 r = client.post(f"{url}/predict", files={"file": (image.name, data, "image/jpeg")})
                 r.raise_for_status()
-                return time.perf_counter() - t0
+                dt = time.perf_counter() - t0
+                parts = r.headers.get("server-timing", "").split(",")
+                timings.append(
+                    {k.strip(): float(v) for k, v in (t.split(";dur=") for t in parts if t)}
+                )
+                return dt
 
             for _ in range(5):
                 one()
+            timings.clear()
             api = [one() for _ in range(args.requests)]
+            server_side = {
+                k: round(statistics.median(t[k] for t in timings), 1) for k in ("decode", "model")
+            }
             t0 = time.perf_counter()
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(lambda _: one(), range(args.requests)))
@@ -129,6 +139,7 @@ def main() -> None:
         "api_overhead_p50_pct": round(
             100 * (statistics.median(api) / statistics.median(forward) - 1), 1
         ),
+        "server_timing_p50_ms": server_side,
         "concurrent_8_clients_rps": round(concurrent_rps, 2),
         "sequential_rps": round(1 / statistics.mean(api), 2),
     }
