@@ -62,17 +62,28 @@ def main() -> None:
 
     from cxrlab.data.preprocess import load_preprocessed
     from cxrlab.inference.predictor import Predictor
+    from cxrlab.inference.service import usable_cpus
 
     pred = Predictor.from_checkpoint(ckpt, "cpu")
     arr = load_preprocessed(image, pred.spec)
     x = pred.model.to_network_input(torch.from_numpy(arr)[None, None])
-    forward = []
-    with torch.no_grad():
-        for i in range(args.requests + 5):
-            t0 = time.perf_counter()
-            pred.model(x)
-            if i >= 5:
-                forward.append(time.perf_counter() - t0)
+
+    def forwards(threads: int) -> list[float]:
+        torch.set_num_threads(threads)
+        out = []
+        with torch.no_grad():
+            for i in range(args.requests + 5):
+                t0 = time.perf_counter()
+                pred.model(x)
+                if i >= 5:
+                    out.append(time.perf_counter() - t0)
+        return out
+
+    # the baseline: the bare forward with every core (the fastest it runs here); for reference
+    # also with the server's default thread count (all cores but one)
+    server_threads = max(1, usable_cpus() - 1)
+    forward_server_threads = forwards(server_threads)
+    forward = forwards(os.cpu_count() or 1)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -135,6 +146,10 @@ def main() -> None:
         "image": f"{image.name} ({len(data) // 1024} KB JPEG), preprocessed to {pred.spec.size} px",
         "model": pred.model.hparams["backbone"],
         "forward_ms": {"p50": round(pct(forward, 50), 1), "p95": round(pct(forward, 95), 1)},
+        "forward_ms_server_threads": {
+            "threads": server_threads,
+            "p50": round(pct(forward_server_threads, 50), 1),
+        },
         "api_ms": {"p50": round(pct(api, 50), 1), "p95": round(pct(api, 95), 1)},
         "api_overhead_p50_pct": round(
             100 * (statistics.median(api) / statistics.median(forward) - 1), 1

@@ -11,6 +11,7 @@ free); one lock serializes the model, so concurrent requests are answered correc
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import torch
 from fastapi import FastAPI, File, HTTPException, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -92,6 +94,13 @@ def suffix_for(upload: UploadFile) -> str:
         f"{upload.filename or 'upload'}: unsupported type {ctype or 'unknown'!r}; send PNG, "
         f"JPEG, TIFF, BMP or DICOM ({', '.join(sorted(SUPPORTED_SUFFIXES))})",
     )
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS says it; else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def create_app(
@@ -235,8 +244,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     p.add_argument("--max-upload-mb", type=float, default=20.0)
     p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for the model (default: all cores but one, which is left to HTTP "
+        "handling and decoding; see docs/serving.md)",
+    )
     args = p.parse_args(argv)
+    threads = args.threads or max(1, usable_cpus() - 1)
+    torch.set_num_threads(threads)
     predictor = Predictor.from_checkpoint(args.ckpt, args.device)
     app = create_app(predictor, args.max_upload_mb, args.max_batch, checkpoint=str(args.ckpt))
-    log.info("Serving %s on http://%s:%d (docs at /docs)", args.ckpt, args.host, args.port)
+    log.info(
+        "Serving %s on http://%s:%d (docs at /docs), %d model threads",
+        args.ckpt, args.host, args.port, threads,
+    )  # fmt: skip
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
