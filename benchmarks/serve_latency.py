@@ -52,6 +52,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt")
     p.add_argument("--requests", type=int, default=60)
+    p.add_argument("--server-threads", type=int, help="serve.py --threads (default: its own)")
+    p.add_argument("--out", default="serve_latency.json", help="file name under logs/bench")
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     ckpt = Path(args.ckpt) if args.ckpt else make_checkpoint(BENCH / "serve-ckpt")
@@ -98,6 +100,7 @@ def main() -> None:
             str(port),
             "--device",
             "cpu",
+            *(["--threads", str(args.server_threads)] if args.server_threads else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -154,12 +157,13 @@ def main() -> None:
         "api_overhead_p50_pct": round(
             100 * (statistics.median(api) / statistics.median(forward) - 1), 1
         ),
+        "server_threads": args.server_threads or server_threads,
         "server_timing_p50_ms": server_side,
         "concurrent_8_clients_rps": round(concurrent_rps, 2),
         "sequential_rps": round(1 / statistics.mean(api), 2),
     }
     BENCH.mkdir(parents=True, exist_ok=True)
-    (BENCH / "serve_latency.json").write_text(json.dumps(result, indent=2))
+    (BENCH / args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

@@ -28,6 +28,15 @@ def test_heatmaps_for_every_backbone(backbone):
     assert heat.shape == (2, 64, 64)
     assert heat.min() >= 0 and heat.max() <= 1 and np.isfinite(heat).all()
     assert m.training  # left as it was found
+    # the stage before the last (twice the resolution)
+    finer = GradCAM(m, "previous")
+    assert finer.layer is not GradCAM(m).layer
+    assert finer(x, [0, 1]).shape == (2, 64, 64)
+
+
+def test_a_wrong_layer_is_named():
+    with pytest.raises(ValueError, match="'features.99' is not a module of resnet18"):
+        GradCAM(model("resnet18"), "features.99")
 
 
 def test_opposite_classes_light_up_opposite_regions():
