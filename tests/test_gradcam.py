@@ -41,7 +41,9 @@ def test_a_wrong_layer_is_named():
 
 def test_opposite_classes_light_up_opposite_regions():
     """With a head whose two rows are opposite, Grad-CAM's channel weights are opposite, so
-    the two classes' heatmaps cover complementary regions (ReLU(S) vs ReLU(-S))."""
+    the two classes' heatmaps cover complementary regions (ReLU(S) vs ReLU(-S)): where one
+    peaks the other is dark."""
+    torch.manual_seed(0)  # the weights are random: fix them (the property holds for any)
     m = model("resnet18", finetune={"policy": "head"})  # frozen trunk: grads still flow
     with torch.no_grad():
         m.net.head.weight[1] = -m.net.head.weight[0]
@@ -50,7 +52,8 @@ def test_opposite_classes_light_up_opposite_regions():
     x = m.to_network_input(torch.randint(0, 256, (1, 1, 128, 128), dtype=torch.uint8, generator=g))
     cam = GradCAM(m)
     h0, h1 = cam(x, 0)[0], cam(x, 1)[0]
-    assert np.corrcoef(h0.ravel(), h1.ravel())[0, 1] < -0.5
+    assert np.corrcoef(h0.ravel(), h1.ravel())[0, 1] < 0
+    assert h1.flat[h0.argmax()] < 0.05 and h0.flat[h1.argmax()] < 0.05
     assert h0.max() == pytest.approx(1) and h1.max() == pytest.approx(1)
 
 

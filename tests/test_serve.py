@@ -201,6 +201,8 @@ def test_gradcam_overlay_through_the_api_and_predict_py(served, tmp_path):
             str(tmp_path / "p.csv"),
             "--gradcam",
             str(out),
+            "--gradcam-layer",
+            "previous",
             "--device",
             "cpu",
         ],

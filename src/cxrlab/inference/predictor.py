@@ -27,7 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class Predictor:
-    def __init__(self, model: CXRClassifier, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        model: CXRClassifier,
+        device: str | torch.device | None = None,
+        gradcam_layer: str | None = None,
+    ):
+        self.gradcam_layer = gradcam_layer  # last | previous | a module path (gradcam.py)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
         self.classes: list[str] = list(model.class_names)
@@ -35,8 +41,8 @@ class Predictor:
         self.threshold: float | None = model.threshold
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device=None) -> Predictor:
-        return cls(load_model(path), device)
+    def from_checkpoint(cls, path: str | Path, device=None, gradcam_layer=None) -> Predictor:
+        return cls(load_model(path), device, gradcam_layer)
 
     @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
@@ -54,6 +60,7 @@ class Predictor:
 
         x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(self.device)
         idx = [self.classes.index(lab) for lab in labels]
+        layer = layer or self.gradcam_layer
         return GradCAM(self.model, layer)(self.model.to_network_input(x), idx)
 
     def gradcam_overlays(self, images: np.ndarray, labels: list[str]) -> list[np.ndarray]:
@@ -170,9 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gradcam", default=None, metavar="DIR", help="also write Grad-CAM overlays here"
     )
+    parser.add_argument(
+        "--gradcam-layer",
+        default=None,
+        help="last (default), previous (the stage before: twice the resolution) or a module path",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    predictor = Predictor.from_checkpoint(args.ckpt, args.device)
+    predictor = Predictor.from_checkpoint(args.ckpt, args.device, args.gradcam_layer)
     df = predictor.predict_files(
         expand_inputs(args.inputs), args.batch_size, gradcam_dir=args.gradcam
     )

@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument(
+        "--gradcam-layer", default=None, help="last (default), previous or a module path"
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     threads = args.threads or max(1, usable_cpus() - 1)
     torch.set_num_threads(threads)
-    predictor = Predictor.from_checkpoint(args.ckpt, args.device)
+    predictor = Predictor.from_checkpoint(args.ckpt, args.device, args.gradcam_layer)
     app = create_app(predictor, args.max_upload_mb, args.max_batch, checkpoint=str(args.ckpt))
     log.info(
         "Serving %s on http://%s:%d (docs at /docs), %d model threads",
