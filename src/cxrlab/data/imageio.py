@@ -222,3 +222,16 @@ def read_header(path: str | Path) -> dict:
             }
     except (UnidentifiedImageError, OSError) as e:
         raise UnreadableImageError(p, f"not a readable image ({e})") from e
+
+
+def dicom_tags(path: str | Path, *keywords: str) -> dict[str, str]:
+    """DICOM header values by keyword (e.g. ``PatientID``, ``ViewPosition``), without reading
+    pixel data; ``""`` where a tag is absent or the file is unreadable (the cache build reports
+    unreadable files with their reason)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=list(keywords))
+    except Exception:
+        return dict.fromkeys(keywords, "")
+    return {k: str(ds.get(k, "") or "") for k in keywords}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrlab.data.imageio import dicom_tags
 from cxrlab.data.sources import SourceError, attach_paths, files_by_name, note_dropped
 from cxrlab.data.sources import validate_manifest
 
@@ -74,15 +75,7 @@ def shipped_views() -> dict[str, str]:
 
 
 def header_views(paths: pd.Series) -> list[str]:
-    import pydicom
-
-    out = []
-    for p in paths:
-        try:
-            out.append(str(pydicom.dcmread(p, stop_before_pixels=True).get("ViewPosition", "")))
-        except Exception:  # an unreadable file is reported when the cache is built
-            out.append("")
-    return out
+    return [dicom_tags(p, "ViewPosition")["ViewPosition"] for p in paths]
 
 
 def index(root: str | Path, task: str = "binary", views: list[str] | None = None):

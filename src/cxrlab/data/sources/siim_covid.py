@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrlab.data.imageio import dicom_tags
 from cxrlab.data.sources import SourceError, note_dropped, validate_manifest
 from cxrlab.utils.progress import track
 
@@ -58,13 +59,8 @@ def study_labels(label_file: str | Path, task: str = "multiclass") -> pd.DataFra
 
 
 def _header(path: str) -> tuple[str, str]:
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "ViewPosition"])
-        return str(ds.get("PatientID", "") or ""), str(ds.get("ViewPosition", "") or "").upper()
-    except Exception:  # unreadable files are reported, with their reason, by the cache build
-        return "", ""
+    tags = dicom_tags(path, "PatientID", "ViewPosition")
+    return tags["PatientID"], tags["ViewPosition"].upper()
 
 
 def index(
