@@ -1,10 +1,11 @@
-"""Grad-CAM on every backbone, and the pointing game's scoring."""
+"""Grad-CAM and its variants on every backbone (checked against pytorch-grad-cam), and the
+pointing game's scoring."""
 
 import numpy as np
 import pytest
 import torch
 
-from cxrlab.inference.gradcam import GradCAM, overlay, pointing_hits
+from cxrlab.inference.gradcam import METHODS, GradCAM, gradcam_layer, overlay, pointing_hits
 from cxrlab.models.backbones import BACKBONES
 from cxrlab.models.module import CXRClassifier
 
@@ -28,15 +29,58 @@ def test_heatmaps_for_every_backbone(backbone):
     assert heat.shape == (2, 64, 64)
     assert heat.min() >= 0 and heat.max() <= 1 and np.isfinite(heat).all()
     assert m.training  # left as it was found
-    # the stage before the last (twice the resolution)
-    finer = GradCAM(m, "previous")
-    assert finer.layer is not GradCAM(m).layer
-    assert finer(x, [0, 1]).shape == (2, 64, 64)
+    # every stage by output stride: its activation map really has that stride
+    assert gradcam_layer(backbone, "last") == gradcam_layer(backbone, "stride32")
+    assert gradcam_layer(backbone, "previous") == gradcam_layer(backbone, "stride16")
+    sizes = {}
+    for stride in (8, 16, 32):
+        cam = GradCAM(m, f"stride{stride}")
+        handle = cam.layer.register_forward_hook(
+            lambda mod, i, o, s=stride: sizes.__setitem__(s, o.shape[-1])
+        )
+        assert cam(x, [0, 1]).shape == (2, 64, 64)
+        handle.remove()
+    assert sizes == {8: 8, 16: 4, 32: 2}
 
 
-def test_a_wrong_layer_is_named():
+def test_wrong_layers_and_methods_are_named():
     with pytest.raises(ValueError, match="'features.99' is not a module of resnet18"):
         GradCAM(model("resnet18"), "features.99")
+    with pytest.raises(ValueError, match="stride4.*stride8, stride16, stride32"):
+        GradCAM(model("resnet18"), "stride4")
+    with pytest.raises(
+        ValueError, match=r"'gradcam\+' is not known: use one of gradcam, gradcam\+\+, hirescam"
+    ):
+        GradCAM(model("resnet18"), method="gradcam+")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("layer", ["stride32", "stride8"])
+def test_methods_match_pytorch_grad_cam(method, layer):
+    """The reference implementation of each method (pytorch-grad-cam) on the same model, layer
+    and input: the same maps, up to where the rescaling to [0, 1] happens (the reference scales
+    before upsampling, cxrlab after)."""
+    import pytorch_grad_cam as ref
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    reference = {
+        "gradcam": ref.GradCAM,
+        "gradcam++": ref.GradCAMPlusPlus,
+        "hirescam": ref.HiResCAM,
+        "layercam": ref.LayerCAM,
+    }[method]
+    torch.manual_seed(0)
+    m = model("resnet18").eval()
+    g = torch.Generator().manual_seed(1)
+    x = m.to_network_input(torch.randint(0, 256, (3, 1, 64, 64), dtype=torch.uint8, generator=g))
+    ours = GradCAM(m, layer, method)(x, [1, 0, 1])
+    with reference(
+        model=m.net, target_layers=[m.net.get_submodule(gradcam_layer("resnet18", layer))]
+    ) as cam:
+        theirs = cam(x, targets=[ClassifierOutputTarget(c) for c in (1, 0, 1)])
+    for a, b in zip(ours, theirs):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+        assert np.abs(a - b).max() < 0.1
 
 
 def test_opposite_classes_light_up_opposite_regions():

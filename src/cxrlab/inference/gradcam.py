@@ -1,9 +1,25 @@
-"""Grad-CAM (Selvaraju et al. 2017) for every backbone in the registry, and the pointing game.
+"""Class activation maps for every backbone in the registry, and the pointing game.
 
-The target layer is the backbone's last convolutional stage, named in the registry
-(``BackboneEntry.gradcam_layer``: DenseNet ``features.denseblock4``, ResNet ``layer4``,
-EfficientNet the last feature stage). The heatmap is ReLU(sum_k w_k A_k) with w_k the spatial
-mean of d(class logit)/dA_k, upsampled to the input size and scaled to [0, 1] per image.
+Four methods on one target layer's activations A (channels k, positions ij) and the gradients
+g = d(class logit)/dA, all followed by ReLU, upsampling to the input size and per-image
+scaling to [0, 1]:
+
+- ``gradcam`` (Selvaraju et al. 2017): sum_k mean_ij(g_k) A_k. The classic; coarse at the
+  last stage.
+- ``gradcam++`` (Chattopadhay et al. 2018): channel weights from positive gradients weighted
+  per position (their eq. 19), so several small regions of one class all count.
+- ``hirescam`` (Draelos & Carin 2020): sum_k g_k * A_k element-wise; faithful to the model
+  (on a last stage followed by global pooling it equals Grad-CAM).
+- ``layercam`` (Jiang et al. 2021): sum_k ReLU(g_k) * A_k element-wise; made for earlier,
+  finer layers.
+
+The formulas follow pytorch-grad-cam (tests compare the two). cxrlab computes them itself with
+``torch.autograd.grad`` on the target activations only: no parameter ``.grad`` is written, no
+hook outlives the call, so concurrent requests of the HTTP service do not interfere.
+
+Target layers: a backbone's stage by output stride, ``stride32`` (the last stage, default;
+alias ``last``), ``stride16`` (alias ``previous``), ``stride8``, or any module path.
+``benchmarks/gradcam_pointing.py`` measures which layer and method point at lesions.
 """
 
 from __future__ import annotations
@@ -14,28 +30,43 @@ import torch.nn.functional as F
 
 from cxrlab.models.backbones import BACKBONES
 
+METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
+ALIASES = {"last": "stride32", "previous": "stride16"}
+
 
 def gradcam_layer(backbone: str, layer: str | None = None) -> str:
-    """The module path Grad-CAM reads: the registry's last stage (``None`` or ``"last"``),
-    the stage before it (``"previous"``: twice the resolution), or any module path."""
+    """The module path a CAM reads: a stage by output stride (``stride32`` = ``last``, the
+    default; ``stride16`` = ``previous``; ``stride8``) or any module path."""
     entry = BACKBONES[backbone]
-    if layer in (None, "last"):
-        return entry.gradcam_layer
-    if layer == "previous":
-        return entry.blocks[-2][-1]
-    return layer
+    name = ALIASES.get(layer or "last", layer or "last")
+    if name.startswith("stride"):
+        stride = name.removeprefix("stride")
+        if stride.isdigit() and int(stride) in entry.cam_layers:
+            return entry.cam_layers[int(stride)]
+        raise ValueError(
+            f"Grad-CAM layer {layer!r}: {backbone} has stages at "
+            f"{', '.join(f'stride{s}' for s in sorted(entry.cam_layers))}"
+        )
+    return name
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"CAM method {method!r} is not known: use one of {', '.join(METHODS)}")
+    return method
 
 
 class GradCAM:
-    def __init__(self, model, layer: str | None = None):
+    def __init__(self, model, layer: str | None = None, method: str = "gradcam"):
         self.model = model
+        self.method = check_method(method)
         path = gradcam_layer(model.hparams["backbone"], layer)
         try:
             self.layer = model.net.get_submodule(path)
         except AttributeError as e:
             raise ValueError(
                 f"Grad-CAM layer {path!r} is not a module of {model.hparams['backbone']}: use "
-                "last, previous or a module path such as features.6"
+                "last, previous, stride8 or a module path such as features.6"
             ) from e
 
     def __call__(self, x: torch.Tensor, class_idx: int | list[int] | torch.Tensor) -> np.ndarray:
@@ -57,12 +88,27 @@ class GradCAM:
         finally:
             handle.remove()
             self.model.train(was_training)
-        weights = grads.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * acts).sum(1, keepdim=True))
+        cam = F.relu(_combine(self.method, acts.detach().float(), grads.float()))
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         flat = cam.flatten(1)
         lo, hi = flat.min(1)[0][:, None, None], flat.max(1)[0][:, None, None]
-        return ((cam - lo) / (hi - lo).clamp_min(1e-8)).detach().cpu().numpy()
+        return ((cam - lo) / (hi - lo).clamp_min(1e-8)).cpu().numpy()
+
+
+def _combine(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Activations and gradients (N, K, H, W) -> the unrectified map (N, 1, H, W)."""
+    if method == "gradcam":
+        return (g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True)
+    if method == "hirescam":
+        return (g * a).sum(1, keepdim=True)
+    if method == "layercam":
+        return (F.relu(g) * a).sum(1, keepdim=True)
+    # gradcam++: alpha_ij = g^2 / (2 g^2 + sum_ab(A) g^3), zero where the gradient is
+    g2 = g * g
+    alpha = g2 / (2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g2 * g + 1e-6)
+    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+    weights = (F.relu(g) * alpha).sum(dim=(2, 3), keepdim=True)
+    return (weights * a).sum(1, keepdim=True)
 
 
 def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:

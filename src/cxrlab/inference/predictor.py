@@ -32,8 +32,13 @@ class Predictor:
         model: CXRClassifier,
         device: str | torch.device | None = None,
         gradcam_layer: str | None = None,
+        gradcam_method: str = "gradcam",
     ):
-        self.gradcam_layer = gradcam_layer  # last | previous | a module path (gradcam.py)
+        from cxrlab.inference.gradcam import check_method
+
+        # stride32 (last) | stride16 (previous) | stride8 | a module path; see gradcam.py
+        self.gradcam_layer = gradcam_layer
+        self.gradcam_method = check_method(gradcam_method)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
         self.classes: list[str] = list(model.class_names)
@@ -41,8 +46,10 @@ class Predictor:
         self.threshold: float | None = model.threshold
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device=None, gradcam_layer=None) -> Predictor:
-        return cls(load_model(path), device, gradcam_layer)
+    def from_checkpoint(
+        cls, path: str | Path, device=None, gradcam_layer=None, gradcam_method="gradcam"
+    ) -> Predictor:
+        return cls(load_model(path), device, gradcam_layer, gradcam_method)
 
     @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
@@ -52,16 +59,22 @@ class Predictor:
         return logits.float().softmax(1).cpu().numpy()
 
     def gradcam(
-        self, images: np.ndarray, labels: list[str], layer: str | None = None
+        self,
+        images: np.ndarray,
+        labels: list[str],
+        layer: str | None = None,
+        method: str | None = None,
     ) -> np.ndarray:
-        """Grad-CAM heatmaps (N, S, S) in [0, 1] of each image's predicted class; ``layer``:
-        ``last`` (default), ``previous`` or a module path (``gradcam.gradcam_layer``)."""
+        """Class activation maps (N, S, S) in [0, 1] of each image's given class. ``layer``:
+        ``last``/``stride32`` (default), ``previous``/``stride16``, ``stride8`` or a module
+        path; ``method``: gradcam, gradcam++, hirescam, layercam (inference/gradcam.py).
+        Both default to the predictor's settings."""
         from cxrlab.inference.gradcam import GradCAM
 
         x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(self.device)
         idx = [self.classes.index(lab) for lab in labels]
-        layer = layer or self.gradcam_layer
-        return GradCAM(self.model, layer)(self.model.to_network_input(x), idx)
+        cam = GradCAM(self.model, layer or self.gradcam_layer, method or self.gradcam_method)
+        return cam(self.model.to_network_input(x), idx)
 
     def gradcam_overlays(self, images: np.ndarray, labels: list[str]) -> list[np.ndarray]:
         """RGB overlays of each image's Grad-CAM heatmap (predicted class)."""
@@ -163,6 +176,25 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
     return out
 
 
+def add_gradcam_options(parser) -> None:
+    """--gradcam-layer and --gradcam-method, shared by predict.py and serve.py."""
+    from cxrlab.inference.gradcam import METHODS
+
+    parser.add_argument(
+        "--gradcam-layer",
+        default=None,
+        help="the stage the heatmap is read from: last = stride32 (default), previous = "
+        "stride16 (twice the resolution), stride8, or a module path (docs/serving.md)",
+    )
+    parser.add_argument(
+        "--gradcam-method",
+        default="gradcam",
+        choices=METHODS,
+        help="how activations and gradients are combined (default gradcam; docs/serving.md "
+        "compares them)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -177,14 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gradcam", default=None, metavar="DIR", help="also write Grad-CAM overlays here"
     )
-    parser.add_argument(
-        "--gradcam-layer",
-        default=None,
-        help="last (default), previous (the stage before: twice the resolution) or a module path",
-    )
+    add_gradcam_options(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    predictor = Predictor.from_checkpoint(args.ckpt, args.device, args.gradcam_layer)
+    predictor = Predictor.from_checkpoint(
+        args.ckpt, args.device, args.gradcam_layer, args.gradcam_method
+    )
     df = predictor.predict_files(
         expand_inputs(args.inputs), args.batch_size, gradcam_dir=args.gradcam
     )

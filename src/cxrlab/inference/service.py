@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from cxrlab.data.imageio import SUPPORTED_SUFFIXES, UnreadableImageError
 from cxrlab.data.preprocess import load_preprocessed
-from cxrlab.inference.predictor import Predictor
+from cxrlab.inference.predictor import Predictor, add_gradcam_options
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     p.add_argument("--max-upload-mb", type=float, default=20.0)
     p.add_argument("--max-batch", type=int, default=16)
-    p.add_argument(
-        "--gradcam-layer", default=None, help="last (default), previous or a module path"
-    )
+    add_gradcam_options(p)
     p.add_argument(
         "--threads",
         type=int,
@@ -257,7 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     threads = args.threads or max(1, usable_cpus() - 1)
     torch.set_num_threads(threads)
-    predictor = Predictor.from_checkpoint(args.ckpt, args.device, args.gradcam_layer)
+    predictor = Predictor.from_checkpoint(
+        args.ckpt, args.device, args.gradcam_layer, args.gradcam_method
+    )
     app = create_app(predictor, args.max_upload_mb, args.max_batch, checkpoint=str(args.ckpt))
     log.info(
         "Serving %s on http://%s:%d (docs at /docs), %d model threads",

@@ -169,7 +169,9 @@ def _torchvision(arch: str):
 class BackboneEntry:
     build: object
     input_spec: InputSpec
-    gradcam_layer: str  # module path of the last conv block, for Grad-CAM
+    # output stride -> module path of that stage's last feature map (before it is pooled):
+    # Grad-CAM's target layers (inference/gradcam.py); 32 is the last stage
+    cam_layers: dict[int, str]
     # five blocks, input to output: the stem, then four stages of decreasing resolution (the
     # last is the deepest); module paths inside the Classifier (model.finetune.unfreeze_blocks)
     blocks: tuple[tuple[str, ...], ...] = ()
@@ -193,22 +195,28 @@ DENSENET_BLOCKS = _paths(
 RESNET_BLOCKS = _paths("0 1 2 3", "4", "5", "6", "7")
 EFFICIENTNET_B0_BLOCKS = _paths("0 1", "2", "3", "4 5", "6 7 8")
 EFFICIENTNET_V2_BLOCKS = _paths("0 1", "2", "3", "4 5", "6 7")
+DENSENET_CAM = {8: "features.denseblock2", 16: "features.denseblock3", 32: "features.denseblock4"}
+RESNET_CAM = {8: "features.5", 16: "features.6", 32: "features.7"}
 
 BACKBONES: dict[str, BackboneEntry] = {
-    "densenet121_xrv": BackboneEntry(
-        _densenet121_xrv, XRV_SPEC, "features.denseblock4", DENSENET_BLOCKS
-    ),
+    "densenet121_xrv": BackboneEntry(_densenet121_xrv, XRV_SPEC, DENSENET_CAM, DENSENET_BLOCKS),
     "densenet121": BackboneEntry(
-        _torchvision("densenet121"), IMAGENET_SPEC, "features.denseblock4", DENSENET_BLOCKS
+        _torchvision("densenet121"), IMAGENET_SPEC, DENSENET_CAM, DENSENET_BLOCKS
     ),
     "efficientnet_b0": BackboneEntry(
-        _torchvision("efficientnet_b0"), IMAGENET_SPEC, "features.8", EFFICIENTNET_B0_BLOCKS
+        _torchvision("efficientnet_b0"),
+        IMAGENET_SPEC,
+        {8: "features.3", 16: "features.5", 32: "features.8"},
+        EFFICIENTNET_B0_BLOCKS,
     ),
     "efficientnet_v2_s": BackboneEntry(
-        _torchvision("efficientnet_v2_s"), IMAGENET_SPEC, "features.7", EFFICIENTNET_V2_BLOCKS
+        _torchvision("efficientnet_v2_s"),
+        IMAGENET_SPEC,
+        {8: "features.3", 16: "features.5", 32: "features.7"},
+        EFFICIENTNET_V2_BLOCKS,
     ),
-    "resnet18": BackboneEntry(_torchvision("resnet18"), IMAGENET_SPEC, "features.7", RESNET_BLOCKS),
-    "resnet50": BackboneEntry(_torchvision("resnet50"), IMAGENET_SPEC, "features.7", RESNET_BLOCKS),
+    "resnet18": BackboneEntry(_torchvision("resnet18"), IMAGENET_SPEC, RESNET_CAM, RESNET_BLOCKS),
+    "resnet50": BackboneEntry(_torchvision("resnet50"), IMAGENET_SPEC, RESNET_CAM, RESNET_BLOCKS),
 }
 
 
