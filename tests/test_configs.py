@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CONFIGS, compose_train
 from omegaconf import OmegaConf
 
@@ -100,3 +101,16 @@ def test_slurm_launcher_config_composes(tmp_path):
     cfg = compose_train(["hparams_search=optuna", "hydra/launcher=cxrlab_slurm"], tmp_path)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.tasks_per_node == 1 and cfg.hydra.launcher.gpus_per_node == 1
+
+
+@pytest.mark.parametrize(("metric", "mode"), [("val/auroc", "max"), ("val/loss", "min")])
+def test_checkpoint_and_early_stopping_follow_the_metric_direction(metric, mode, tmp_path):
+    """Monitoring a loss with mode=max would keep the worst epoch as best.ckpt."""
+    from hydra.utils import instantiate
+
+    cfg = compose_train([f"optimized_metric={metric}"], tmp_path)
+    ckpt = instantiate(cfg.callbacks.model_checkpoint)
+    stop = instantiate(cfg.callbacks.early_stopping)
+    assert (ckpt.monitor, ckpt.mode) == (metric, mode)
+    assert stop.monitor == metric
+    assert stop.monitor_op(torch.tensor(0.0), torch.tensor(1.0)) == (mode == "min")

@@ -28,11 +28,9 @@ from cxrlab.sweep import study as studies
 from cxrlab.sweep.report import write_study_report
 from cxrlab.sweep.search_space import parse, quote, to_override
 from cxrlab.sweep.trial import ACTIVE
+from cxrlab.utils.resolvers import lower_is_better
 
 log = logging.getLogger(__name__)
-
-LOWER_IS_BETTER = ("loss", "error", "ece", "brier")
-
 
 class SweepError(RuntimeError):
     pass
@@ -43,8 +41,7 @@ def direction_for(direction: str, metric: str | None) -> str:
         if direction not in ("maximize", "minimize"):
             raise SweepError(f"hydra.sweeper.direction={direction!r}: use auto, maximize, minimize")
         return direction
-    name = (metric or "").lower()
-    return "minimize" if any(w in name for w in LOWER_IS_BETTER) else "maximize"
+    return "minimize" if lower_is_better(metric) else "maximize"
 
 
 def job_failure(ret) -> tuple[TrialState, str | None]:
