@@ -116,3 +116,17 @@ def test_overlay_and_pointing_game():
     near = np.zeros((8, 8), bool)
     near[3, 6] = True
     assert pointing_hits(heat[None], near[None], tolerance=1).tolist() == [True]
+
+
+def test_the_predictor_checks_its_cam_settings_at_start():
+    from cxrlab.inference.predictor import Predictor
+
+    m = model("resnet18")
+    with pytest.raises(ValueError, match="stride4"):
+        Predictor(m, "cpu", gradcam_layer="stride4")
+    with pytest.raises(ValueError, match=r"'gradcam\+' is not known"):
+        Predictor(m, "cpu", gradcam_method="gradcam+")
+    p = Predictor(m, "cpu", gradcam_layer="previous", gradcam_method="hirescam")
+    x = np.random.default_rng(0).integers(0, 256, (2, 64, 64), dtype=np.uint8)
+    heat = p.gradcam(x, ["normal", "pneumonia"])
+    assert heat.shape == (2, 64, 64) and heat.max() == pytest.approx(1)

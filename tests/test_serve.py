@@ -76,6 +76,7 @@ def test_health_and_metadata(served):
     assert meta["model"] == "densenet121_xrv"
     assert meta["input_spec"]["normalization"] == "xrv"
     assert meta["threshold"] is not None and meta["checkpoint"] == str(ckpt)
+    assert meta["gradcam"] == {"layer": "features.denseblock4", "method": "gradcam"}
     assert httpx.get(f"{url}/docs").status_code == 200
 
 

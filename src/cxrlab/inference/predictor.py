@@ -34,13 +34,15 @@ class Predictor:
         gradcam_layer: str | None = None,
         gradcam_method: str = "gradcam",
     ):
-        from cxrlab.inference.gradcam import check_method
+        from cxrlab.inference.gradcam import GradCAM
 
-        # stride32 (last) | stride16 (previous) | stride8 | a module path; see gradcam.py
-        self.gradcam_layer = gradcam_layer
-        self.gradcam_method = check_method(gradcam_method)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
+        # stride32 (last) | stride16 (previous) | stride8 | a module path; see gradcam.py.
+        # Checked now, so a wrong --gradcam-layer stops serve.py at start, not a request.
+        GradCAM(self.model, gradcam_layer, gradcam_method)
+        self.gradcam_layer = gradcam_layer
+        self.gradcam_method = gradcam_method
         self.classes: list[str] = list(model.class_names)
         self.spec = PreprocessSpec(**dict(model.hparams["preprocess"]))
         self.threshold: float | None = model.threshold

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from cxrlab.data.imageio import SUPPORTED_SUFFIXES, UnreadableImageError
 from cxrlab.data.preprocess import load_preprocessed
+from cxrlab.inference.gradcam import gradcam_layer
 from cxrlab.inference.predictor import Predictor, add_gradcam_options
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class Metadata(BaseModel):
     cxrlab_version: str
     max_upload_mb: float
     max_batch: int
+    # what ?gradcam=true computes: the target module and the method (serve.py --gradcam-*)
+    gradcam: dict[str, str]
 
 
 class Error(BaseModel):
@@ -180,6 +183,10 @@ def create_app(
             cxrlab_version=_version(),
             max_upload_mb=max_upload_mb,
             max_batch=max_batch,
+            gradcam={
+                "layer": gradcam_layer(str(hp.get("backbone")), predictor.gradcam_layer),
+                "method": predictor.gradcam_method,
+            },
         )
 
     def _gradcam(image: np.ndarray, label: str) -> str:

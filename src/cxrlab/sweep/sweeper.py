@@ -32,6 +32,7 @@ from cxrlab.utils.resolvers import lower_is_better
 
 log = logging.getLogger(__name__)
 
+
 class SweepError(RuntimeError):
     pass
 
