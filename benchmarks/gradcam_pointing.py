@@ -80,6 +80,44 @@ def selection_files(n_patients: int = 150) -> list[str]:
     return sorted(str(p) for p in (root / "chest_xray").rglob("PNEUMONIA/*.jpeg"))
 
 
+def counterfactual(pred, test_paths) -> dict:
+    """Does the model use the lesion at all? Each pneumonia test radiograph is drawn again from
+    its phantom plan with the same anatomy and seed but no lesion; both go through the same
+    preprocessing. Reported: the mean predicted pneumonia probability with and without."""
+    import dataclasses
+
+    import torch
+
+    from cxrlab.data import phantom
+    from cxrlab.data.preprocess import preprocess_array
+
+    root = Path(test_paths[0]).parents[3]
+    saved = json.loads((root / "phantom.json").read_text())
+    fields = {f.name for f in dataclasses.fields(phantom.PhantomConfig)}
+    cfg = phantom.PhantomConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields}
+    )
+    wanted = {str(Path(p).relative_to(root)) for p in test_paths}
+    jobs = [j for j in phantom.plan(cfg) if j.path in wanted]
+    with_lesion, without = [], []
+    for j in jobs:
+        img, _ = phantom.render(j.anat, j.seed, j.width)
+        clean, _ = phantom.render(dataclasses.replace(j.anat, finding="normal"), j.seed, j.width)
+        with_lesion.append(preprocess_array(img, 255, pred.spec))
+        without.append(preprocess_array(clean, 255, pred.spec))
+
+    def p_pneumonia(images):
+        with torch.no_grad():
+            return pred.predict_arrays(np.stack(images))[:, pred.classes.index("pneumonia")]
+
+    a, b = p_pneumonia(with_lesion), p_pneumonia(without)
+    return {
+        "images": len(jobs),
+        "mean_p_pneumonia_with_lesion": round(float(a.mean()), 3),
+        "mean_p_pneumonia_same_image_without": round(float(b.mean()), 3),
+    }
+
+
 def score(pred, images, masks, layer: str, method: str) -> dict:
     from cxrlab.inference.gradcam import pointing_hits
 
@@ -118,9 +156,10 @@ def main() -> None:
     pred = Predictor.from_checkpoint(ckpt, "cpu")
     backbone = pred.model.hparams["backbone"]
     test = pd.read_csv(ckpt.parents[1] / "report" / "predictions.csv")
+    positives = list(test.loc[test["label"] == "pneumonia", "path"])
     sets = {
         "selection": lesion_set(selection_files(), pred.spec),
-        "test": lesion_set(test.loc[test["label"] == "pneumonia", "path"], pred.spec),
+        "test": lesion_set(positives, pred.spec),
     }
     metrics = json.loads((ckpt.parents[1] / "test_metrics.json").read_text())["metrics"]
     result = {
@@ -135,6 +174,8 @@ def main() -> None:
             name: round(float(masks.mean()), 3) for name, (_, masks) in sets.items()
         },
     }
+    result["counterfactual_test"] = counterfactual(pred, positives)
+    print(result["counterfactual_test"], flush=True)
     table = []
     for stride in (32, 16, 8):
         layer = f"stride{stride}"
