@@ -8,7 +8,9 @@ weights do not matter for speed). Then, on one phantom JPEG:
 (b) POST /predict to `serve.py` on 127.0.0.1, one request at a time, p50/p95 (upload,
     JPEG decode, preprocessing, forward, JSON);
 (c) 8 concurrent clients: requests/s.
-API overhead at p50 = (b - a) / a. Writes logs/bench/serve_latency.json.
+API overhead at p50 = (b - a) / a, against the forward with every core and against the
+forward with the server's own thread count (`--server-threads`, default all cores but one).
+Writes logs/bench/serve_latency.json.
 """
 
 from __future__ import annotations
@@ -81,9 +83,9 @@ def main() -> None:
                     out.append(time.perf_counter() - t0)
         return out
 
-    # the baseline: the bare forward with every core (the fastest it runs here); for reference
-    # also with the server's default thread count (all cores but one)
-    server_threads = max(1, usable_cpus() - 1)
+    # the baseline: the bare forward with every core (the fastest it runs here); also with the
+    # server's thread count, the same work the model does inside the server
+    server_threads = args.server_threads or max(1, usable_cpus() - 1)
     forward_server_threads = forwards(server_threads)
     forward = forwards(os.cpu_count() or 1)
 
@@ -157,7 +159,11 @@ def main() -> None:
         "api_overhead_p50_pct": round(
             100 * (statistics.median(api) / statistics.median(forward) - 1), 1
         ),
-        "server_threads": args.server_threads or server_threads,
+        # what HTTP, upload, decoding and JSON add to the same forward with the same threads
+        "api_overhead_vs_same_threads_p50_pct": round(
+            100 * (statistics.median(api) / statistics.median(forward_server_threads) - 1), 1
+        ),
+        "server_threads": server_threads,
         "server_timing_p50_ms": server_side,
         "concurrent_8_clients_rps": round(concurrent_rps, 2),
         "sequential_rps": round(1 / statistics.mean(api), 2),
