@@ -7,7 +7,8 @@ Every arm runs `python train.py -m hparams_search=optuna ...` one after the othe
 machine, with the same seed (so the random start-up trials and the data split are the same),
 the same search space and its own study: `none` with `hydra.sweeper.pruner=null` (the
 baseline), `median` with the default MedianPruner, `sha` with a SuccessiveHalvingPruner (rungs
-at 1, 3, 9 epochs, keeping the best third). With several seeds the arms alternate seed by seed
+at 1, 3, 9 epochs, keeping the best third), `sha2` a gentler one (rungs at 2, 4, 8 epochs,
+keeping the better half). With several seeds the arms alternate seed by seed
 (so a slow minute of the machine does not land on one arm only) and each seed is a paired
 comparison. Reported per sweep: wall time, best validation AUROC (the value the study
 maximizes), the test AUROC of that best trial's model (what a user ships: one number not
@@ -58,6 +59,12 @@ PRUNERS = {
         "hydra.sweeper.pruner=null",
         "hydra.sweeper.pruner={_target_:optuna.pruners.SuccessiveHalvingPruner,"
         "min_resource:1,reduction_factor:3}",
+    ],
+    # gentler: first rung after 2 epochs, rungs at 2, 4, 8 keep the better half
+    "sha2": [
+        "hydra.sweeper.pruner=null",
+        "hydra.sweeper.pruner={_target_:optuna.pruners.SuccessiveHalvingPruner,"
+        "min_resource:2,reduction_factor:2}",
     ],
 }
 
