@@ -66,7 +66,7 @@ class GradCAM:
         except AttributeError as e:
             raise ValueError(
                 f"Grad-CAM layer {path!r} is not a module of {model.hparams['backbone']}: use "
-                "last, previous, stride8 or a module path such as features.6"
+                "stride32 (last), stride16 (previous), stride8 or a module path such as features.6"
             ) from e
 
     def __call__(self, x: torch.Tensor, class_idx: int | list[int] | torch.Tensor) -> np.ndarray:
