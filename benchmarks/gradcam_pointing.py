@@ -86,17 +86,11 @@ def counterfactual(pred, test_paths) -> dict:
     preprocessing. Reported: the mean predicted pneumonia probability with and without."""
     import dataclasses
 
-    import torch
-
     from cxrlab.data import phantom
     from cxrlab.data.preprocess import preprocess_array
 
     root = Path(test_paths[0]).parents[3]
-    saved = json.loads((root / "phantom.json").read_text())
-    fields = {f.name for f in dataclasses.fields(phantom.PhantomConfig)}
-    cfg = phantom.PhantomConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields}
-    )
+    cfg = phantom.PhantomConfig.read(root)
     wanted = {str(Path(p).relative_to(root)) for p in test_paths}
     jobs = [j for j in phantom.plan(cfg) if j.path in wanted]
     with_lesion, without = [], []
@@ -107,8 +101,7 @@ def counterfactual(pred, test_paths) -> dict:
         without.append(preprocess_array(clean, 255, pred.spec))
 
     def p_pneumonia(images):
-        with torch.no_grad():
-            return pred.predict_arrays(np.stack(images))[:, pred.classes.index("pneumonia")]
+        return pred.predict_arrays(np.stack(images))[:, pred.classes.index("pneumonia")]
 
     a, b = p_pneumonia(with_lesion), p_pneumonia(without)
     return {

@@ -38,6 +38,10 @@ def test_generate_is_idempotent(tiny_phantom):
     cfg = phantom.PhantomConfig(num_patients=40, seed=3, width_range=(300, 420), workers=2)
     phantom.generate(tiny_phantom, cfg, progress=False)
     assert marker.stat().st_mtime_ns == before
+    # the folder says what it was drawn with: the same plan, file for file
+    read = phantom.PhantomConfig.read(tiny_phantom)
+    assert read.fingerprint() == cfg.fingerprint()
+    assert [j.path for j in phantom.plan(read)] == [j.path for j in phantom.plan(cfg)]
 
 
 def test_class_mix_several_images_per_patient_and_sizes():

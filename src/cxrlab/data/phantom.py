@@ -28,7 +28,7 @@ import math
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import cv2
@@ -64,6 +64,13 @@ class PhantomConfig:
         d.pop("workers")
         d["version"] = PHANTOM_VERSION
         return json.loads(json.dumps(d))  # tuples as lists, as read back from phantom.json
+
+    @classmethod
+    def read(cls, root: str | Path) -> PhantomConfig:
+        """The settings a generated phantom folder was drawn with (its ``phantom.json``)."""
+        saved = json.loads((Path(root) / "phantom.json").read_text())
+        names = {f.name for f in fields(cls)} - {"workers"}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names})
 
 
 @dataclass
