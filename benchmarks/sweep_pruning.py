@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import BENCH, machine, train_py  # noqa: E402
+from run import BENCH, save, train_py  # noqa: E402
 
 # small enough for a 2-core CPU; wide learning-rate range, as real first sweeps are
 SETTINGS = [
@@ -163,10 +163,7 @@ def main() -> None:
             for arm, rs in runs.items()
             if arm != "none"
         }
-    BENCH.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "sweep_pruning", "machine": machine(), **result}
-    (BENCH / "sweep_pruning.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    save("sweep_pruning", result)
 
 
 if __name__ == "__main__":
