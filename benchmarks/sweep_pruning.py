@@ -1,7 +1,8 @@
 """Pruning benchmark: the same Optuna sweep on the phantom with and without a pruner.
 
     python benchmarks/sweep_pruning.py [--trials 12] [--epochs 8] [--arms none median sha]
-                                       [--seeds 42 1 2]
+                                       [--seeds 42 1 2] [--dataset-size 480]
+                                       [--ratios 0.6 0.2 0.2] [--out sweep_pruning]
 
 Every arm runs `python train.py -m hparams_search=optuna ...` one after the other on this
 machine, with the same seed (so the random start-up trials and the data split are the same),
@@ -14,7 +15,9 @@ comparison. Reported per sweep: wall time, best validation AUROC (the value the 
 maximizes), the test AUROC of that best trial's model (what a user ships: one number not
 inflated by taking a maximum over noisy validation values), trials pruned, epochs trained;
 per arm the means over seeds and, against the baseline, the mean ratios and paired
-differences. Writes logs/bench/sweep_pruning.json.
+differences. `--dataset-size` and `--ratios` set the phantom subset and its train/validation/
+test split (the validation split is what the pruner and the study rank trials by). Writes
+logs/bench/<--out>.json.
 """
 
 from __future__ import annotations
@@ -43,8 +46,6 @@ SETTINGS = [
     "model.loss.name=choice(ce,weighted_ce,focal)",
     "model=resnet18",
     "data.preprocess.size=64",
-    "data.dataset_size=480",
-    "data.source.num_patients=400",
     "evaluation.bootstrap=200",
     "logger=csv",
     "callbacks.progress_bar=null",
@@ -69,10 +70,23 @@ PRUNERS = {
 }
 
 
-def sweep(out: Path, name: str, trials: int, epochs: int, pruner: str, seed: int) -> dict:
+def data_settings(size: int, ratios: list[float]) -> list[str]:
+    """The phantom's size (balanced subset; ~2 images per patient) and its split ratios."""
+    train, val, test = ratios
+    return [
+        f"data.dataset_size={size}",
+        f"data.source.num_patients={size * 5 // 6}",
+        f"data.split.ratios={{train:{train},val:{val},test:{test}}}",
+    ]
+
+
+def sweep(
+    out: Path, name: str, trials: int, epochs: int, pruner: str, seed: int, data: list[str]
+) -> dict:
     args = [
         "-m",
         *SETTINGS,
+        *data,
         f"paths.log_dir={out}",
         f"paths.data_dir={BENCH / 'sweep-data'}",
         f"hydra.sweeper.study_name={name}",
@@ -112,16 +126,28 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--arms", nargs="+", default=["none", "median", "sha"], choices=list(PRUNERS))
     p.add_argument("--seeds", nargs="+", type=int, default=[42])
+    p.add_argument("--dataset-size", type=int, default=480, help="balanced phantom images")
+    p.add_argument(
+        "--ratios", nargs=3, type=float, default=[0.6, 0.2, 0.2], metavar=("TRAIN", "VAL", "TEST")
+    )
+    p.add_argument("--out", default="sweep_pruning", help="logs/bench/<out>.json")
     args = p.parse_args()
+    data = data_settings(args.dataset_size, args.ratios)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = BENCH / f"sweep-{stamp}"
     # build the phantom and the cache once, outside the timed sweeps
-    sweep(out / "warmup", "warmup", 1, 1, pruner="none", seed=args.seeds[0])
+    sweep(out / "warmup", "warmup", 1, 1, pruner="none", seed=args.seeds[0], data=data)
     runs: dict[str, list[dict]] = {arm: [] for arm in args.arms}
     for seed in args.seeds:
         for arm in args.arms:
             r = sweep(
-                out / f"{arm}-{seed}", f"pruner-{arm}-{seed}", args.trials, args.epochs, arm, seed
+                out / f"{arm}-{seed}",
+                f"pruner-{arm}-{seed}",
+                args.trials,
+                args.epochs,
+                arm,
+                seed,
+                data,
             )
             runs[arm].append(r)
             print(arm, r, flush=True)
@@ -137,6 +163,7 @@ def main() -> None:
     }
     result = {
         "settings": SETTINGS
+        + data
         + [f"n_trials={args.trials}", f"max_epochs={args.epochs}", f"seeds={args.seeds}"],
         "arms": arms,
     }
@@ -163,7 +190,7 @@ def main() -> None:
             for arm, rs in runs.items()
             if arm != "none"
         }
-    save("sweep_pruning", result)
+    save(args.out, result)
 
 
 if __name__ == "__main__":
