@@ -1,0 +1,134 @@
+"""Replay finished, unpruned sweeps through Optuna pruners: what each would have saved and lost.
+
+    python benchmarks/pruner_replay.py STORAGE:STUDY [STORAGE:STUDY ...] [--out pruner_replay]
+
+e.g. `sqlite:///logs/optuna/studies.db:train-template-optuna`. Every study named must have been
+run without a pruner (`hydra.sweeper.pruner=null`), so each trial's whole validation curve is
+stored. The replay feeds those curves, trial by trial in their original order, to each pruner
+below (a fresh in-memory study per pruner and source study) and records which trials it would
+have stopped and after how many epochs. Reported per pruner: the epochs it would have trained
+(against all of them), whether it would have kept each study's best trial, and the best value
+among the trials it lets finish (minus the study's best).
+
+What a replay cannot show: in a real pruned sweep the sampler learns from truncated curves and
+proposes other parameters after the first pruned trial (docs/sweeps.md measures that with
+benchmarks/sweep_pruning.py). The replay isolates the pruner's own decisions on the same curves,
+so pruners can be compared on a user's own sweep in seconds instead of hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import optuna
+from optuna.pruners import (
+    BasePruner,
+    HyperbandPruner,
+    MedianPruner,
+    PercentilePruner,
+    SuccessiveHalvingPruner,
+)
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run import save  # noqa: E402
+
+PRUNERS: dict[str, callable] = {
+    "median(startup 3, warmup 2) [default]": lambda: MedianPruner(3, 2),
+    "median(startup 3, warmup 1)": lambda: MedianPruner(3, 1),
+    "percentile: keep top 25% (startup 3, warmup 1)": lambda: PercentilePruner(25.0, 3, 1),
+    "successive halving (min 1, rf 3)": lambda: SuccessiveHalvingPruner(1, 3),
+    "successive halving (min 2, rf 2)": lambda: SuccessiveHalvingPruner(2, 2),
+    "successive halving (min 2, rf 3)": lambda: SuccessiveHalvingPruner(2, 3),
+    "successive halving (min 3, rf 2)": lambda: SuccessiveHalvingPruner(3, 2),
+    "hyperband (min 1, rf 3)": lambda: HyperbandPruner(min_resource=1, reduction_factor=3),
+}
+
+
+def curves(storage: str, name: str) -> tuple[str, list[list[float]], list[float]]:
+    """The study's direction, its trials' validation curves (epoch order) and final values."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if any(t.state == TrialState.PRUNED for t in study.trials):
+        raise SystemExit(f"{name}: has pruned trials; replay needs a sweep run without a pruner")
+    if not done:
+        raise SystemExit(f"{name}: no complete trial in {storage}")
+    direction = "maximize" if study.direction.name == "MAXIMIZE" else "minimize"
+    return (
+        direction,
+        [[t.intermediate_values[k] for k in sorted(t.intermediate_values)] for t in done],
+        [t.value for t in done],
+    )
+
+
+def replay(pruner: BasePruner, direction: str, cs: list[list[float]], values: list[float]):
+    """Feeds the curves to ``pruner``; the epochs it trains and the trials it lets finish."""
+    study = optuna.create_study(direction=direction, pruner=pruner)
+    epochs, finished = 0, []
+    for i, curve in enumerate(cs):
+        trial = study.ask()
+        pruned = False
+        for step, value in enumerate(curve):
+            epochs += 1
+            trial.report(value, step)
+            if trial.should_prune():
+                pruned = True
+                break
+        if pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, values[i])
+            finished.append(i)
+    return epochs, finished
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("studies", nargs="+", help="STORAGE:STUDY of an unpruned sweep")
+    p.add_argument("--out", default="pruner_replay", help="logs/bench/<out>.json")
+    args = p.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sources = []
+    for ref in args.studies:
+        storage, _, name = ref.rpartition(":")
+        if not storage:
+            raise SystemExit(f"{ref}: expected STORAGE:STUDY, e.g. sqlite:///studies.db:my-study")
+        sources.append((ref, *curves(storage, name)))
+    total = sum(sum(len(c) for c in cs) for _, _, cs, _ in sources)
+    rows = {}
+    for label, make in PRUNERS.items():
+        per_study = []
+        for ref, direction, cs, values in sources:
+            epochs, finished = replay(make(), direction, cs, values)
+            pick = max if direction == "maximize" else min
+            best = values.index(pick(values))
+            kept = pick(values[i] for i in finished)
+            per_study.append(
+                {
+                    "study": ref,
+                    "epochs": epochs,
+                    "of_epochs": sum(len(c) for c in cs),
+                    "finished": len(finished),
+                    "kept_best_trial": best in finished,
+                    "best_value_delta": round(kept - values[best], 4),
+                }
+            )
+        epochs = sum(s["epochs"] for s in per_study)
+        rows[label] = {
+            "epochs_ratio": round(epochs / total, 3),
+            "kept_best_trial": sum(s["kept_best_trial"] for s in per_study),
+            "studies": per_study,
+        }
+        deltas = " ".join(f"{s['best_value_delta']:+.3f}" for s in per_study)
+        print(
+            f"{label:40s} epochs {epochs / total:5.0%}  kept best "
+            f"{rows[label]['kept_best_trial']}/{len(sources)}  best delta {deltas}"
+        )
+    save(args.out, {"studies": [s[0] for s in sources], "total_epochs": total, "pruners": rows})
+
+
+if __name__ == "__main__":
+    main()
