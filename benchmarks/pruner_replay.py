@@ -7,8 +7,10 @@ run without a pruner (`hydra.sweeper.pruner=null`), so each trial's whole valida
 stored. The replay feeds those curves, trial by trial in their original order, to each pruner
 below (a fresh in-memory study per pruner and source study) and records which trials it would
 have stopped and after how many epochs. Reported per pruner: the epochs it would have trained
-(against all of them), whether it would have kept each study's best trial, and the best value
-among the trials it lets finish (minus the study's best).
+(against all of them), whether it would have kept each study's best trial, how many trials it
+stops that would have become the best so far (with TPE these change every later proposal: the
+sampler builds on its best trials), and the best value among the trials it lets finish (minus
+the study's best).
 
 What a replay cannot show: in a real pruned sweep the sampler learns from truncated curves and
 proposes other parameters after the first pruned trial (docs/sweeps.md measures that with
@@ -65,9 +67,13 @@ def curves(storage: str, name: str) -> tuple[str, list[list[float]], list[float]
 
 
 def replay(pruner: BasePruner, direction: str, cs: list[list[float]], values: list[float]):
-    """Feeds the curves to ``pruner``; the epochs it trains and the trials it lets finish."""
-    study = optuna.create_study(direction=direction, pruner=pruner)
-    epochs, finished = 0, []
+    """Feeds the curves to ``pruner``: the epochs it trains, the trials it lets finish, and the
+    trials it stops that would have become the best so far (the sampler's anchor: TPE proposes
+    around the best trials, so stopping one of these changes every later proposal)."""
+    # a fixed name: HyperbandPruner assigns trials to brackets by a hash of it
+    study = optuna.create_study(study_name="replay", direction=direction, pruner=pruner)
+    better = (lambda a, b: a > b) if direction == "maximize" else (lambda a, b: a < b)
+    epochs, finished, stopped_leaders = 0, [], []
     for i, curve in enumerate(cs):
         trial = study.ask()
         pruned = False
@@ -79,10 +85,12 @@ def replay(pruner: BasePruner, direction: str, cs: list[list[float]], values: li
                 break
         if pruned:
             study.tell(trial, state=TrialState.PRUNED)
+            if not finished or all(better(values[i], values[j]) for j in finished):
+                stopped_leaders.append(i)
         else:
             study.tell(trial, values[i])
             finished.append(i)
-    return epochs, finished
+    return epochs, finished, stopped_leaders
 
 
 def main() -> None:
@@ -102,7 +110,7 @@ def main() -> None:
     for label, make in PRUNERS.items():
         per_study = []
         for ref, direction, cs, values in sources:
-            epochs, finished = replay(make(), direction, cs, values)
+            epochs, finished, leaders = replay(make(), direction, cs, values)
             pick = max if direction == "maximize" else min
             best = values.index(pick(values))
             kept = pick(values[i] for i in finished)
@@ -113,6 +121,7 @@ def main() -> None:
                     "of_epochs": sum(len(c) for c in cs),
                     "finished": len(finished),
                     "kept_best_trial": best in finished,
+                    "stopped_would_be_leaders": leaders,
                     "best_value_delta": round(kept - values[best], 4),
                 }
             )
@@ -120,12 +129,14 @@ def main() -> None:
         rows[label] = {
             "epochs_ratio": round(epochs / total, 3),
             "kept_best_trial": sum(s["kept_best_trial"] for s in per_study),
+            "stopped_would_be_leaders": sum(len(s["stopped_would_be_leaders"]) for s in per_study),
             "studies": per_study,
         }
         deltas = " ".join(f"{s['best_value_delta']:+.3f}" for s in per_study)
         print(
             f"{label:40s} epochs {epochs / total:5.0%}  kept best "
-            f"{rows[label]['kept_best_trial']}/{len(sources)}  best delta {deltas}"
+            f"{rows[label]['kept_best_trial']}/{len(sources)}  stopped would-be leaders "
+            f"{rows[label]['stopped_would_be_leaders']}  best delta {deltas}"
         )
     save(args.out, {"studies": [s[0] for s in sources], "total_epochs": total, "pruners": rows})
 
