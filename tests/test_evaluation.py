@@ -9,6 +9,7 @@ from cxrlab.evaluation.bootstrap import patient_bootstrap
 from cxrlab.evaluation.metrics import binary_metrics, multiclass_metrics
 from cxrlab.evaluation.report import write_report
 from cxrlab.evaluation.thresholds import ThresholdPolicyError, choose_threshold, parse_policy
+from cxrlab.models.module import make_metrics
 
 
 def binary_case(n=300, seed=0):
@@ -118,6 +119,25 @@ def test_threshold_policies_match_a_brute_force_search(policy):
         assert got > p.max()
     else:
         assert got == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("policy", ["youden", "sensitivity=0.5"])
+def test_threshold_stays_a_probability_when_scores_saturate(policy):
+    # a worse-than-chance model whose highest scores are exactly 1.0 (a saturated sigmoid):
+    # "nothing positive" must not become 1.0000000000000002, which torchmetrics rejects
+    y = np.array([1, 1, 1, 0, 0, 0])
+    p = np.array([0.0, 0.1, 0.2, 0.9, 1.0, 1.0])
+    t = choose_threshold(y, p, policy)
+    assert 0.0 <= t <= 1.0
+    make_metrics(2, "test/", threshold=t)  # the test metrics accept it
+
+
+def test_unreachable_precision_on_saturated_scores_is_a_clear_error():
+    # only "nothing positive" would give precision 0.9 here, and no probability threshold
+    # does that when scores reach 1.0
+    y, p = np.array([1, 1, 0, 0]), np.array([0.0, 0.1, 0.9, 1.0])
+    with pytest.raises(ThresholdPolicyError, match="no threshold reaches precision >= 0.9"):
+        choose_threshold(y, p, "precision=0.9")
 
 
 def test_threshold_policy_errors():

@@ -73,7 +73,11 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, policy: str | float) -> float
             f"evaluation.threshold={policy!r} needs both classes in the "
             "validation split; it has one only"
         )
-    cand = np.unique(np.concatenate([p, [np.nextafter(p.max(), np.inf)]]))[::-1]  # high first
+    # every score, plus one just above the highest (nothing positive) - but never above 1: the
+    # scores are probabilities, and a threshold of 1.0000000000000002 (a saturated model's
+    # scores reach 1.0) is rejected by torchmetrics when the test split is scored with it
+    above = min(np.nextafter(p.max(), np.inf), 1.0)
+    cand = np.unique(np.concatenate([p, [above]]))[::-1]  # high first
     sens, spec, prec = _rates(y, p, cand)
     if name == "youden":
         score = sens + spec - 1
