@@ -54,7 +54,8 @@ def resolve_trial(ref):
 
 
 class OptunaTrialReporter(pl.Callback):
-    """Reports the monitored validation metric to the trial after each epoch; prunes.
+    """Reports the monitored validation metric to the trial after each epoch; prunes (never
+    after the last epoch: stopping then saves nothing and would discard a finished trial).
 
     Rank 0 talks to the study; the decision is broadcast so every DDP rank stops together.
     A pruned run stops like an early-stopped one (checkpoints kept); ``train()`` then raises
@@ -81,7 +82,13 @@ class OptunaTrialReporter(pl.Callback):
             if value is not None and math.isfinite(float(value)):
                 self.last_value = float(value)
                 self.trial.report(self.last_value, step=trainer.current_epoch)
-                prune = bool(self.trial.should_prune())
+                # after the last epoch there is nothing left to save: the trial completes (and
+                # is tested, and counts as a finished trial for the sampler) whatever the pruner
+                # would say; Optuna's own Lightning callback prunes it here
+                last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= max(
+                    trainer.max_epochs, 1
+                )
+                prune = not last and bool(self.trial.should_prune())
         prune = trainer.strategy.broadcast(prune, src=0)
         if prune:
             self.pruned_at = trainer.current_epoch

@@ -1,0 +1,61 @@
+"""The training run's side of a sweep (cxrlab.sweep.trial) with a real Lightning Trainer."""
+
+import optuna
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from cxrlab.sweep.trial import ACTIVE, OptunaTrialReporter
+
+
+class Constant(pl.LightningModule):
+    """One weight, four batches; logs val/auroc = 0.5 every epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, _):
+        return (self.w - batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, _):
+        self.log("val/auroc", 0.5)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)))
+
+    def val_dataloader(self):
+        return self.train_dataloader()
+
+
+@pytest.mark.parametrize(("max_epochs", "pruned_at"), [(3, 1), (2, None)])
+def test_reporter_prunes_but_never_after_the_last_epoch(max_epochs, pruned_at):
+    # a pruner that stops every trial from the second epoch (step 1) on: 0.5 < 1.01
+    pruner = optuna.pruners.ThresholdPruner(lower=1.01, n_warmup_steps=1)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    trial = study.ask()
+    ACTIVE[trial._trial_id] = trial
+    try:
+        reporter = OptunaTrialReporter(
+            {"id": trial._trial_id, "number": 0, "study": "s"}, "val/auroc"
+        )
+        trainer = pl.Trainer(
+            max_epochs=max_epochs,
+            callbacks=[reporter],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(Constant())
+    finally:
+        ACTIVE.pop(trial._trial_id)
+    assert reporter.pruned_at == pruned_at
+    # both ran two epochs and reported both: of 3 the pruner stopped it after the second; of 2
+    # the second was the last, so it was not asked and the run finished normally
+    assert sorted(study.trials[0].intermediate_values) == [0, 1]
+    assert trainer.current_epoch == 2
