@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from run import save  # noqa: E402
 
-PRUNERS: dict[str, callable] = {
+PRUNERS: dict[str, Callable[[], BasePruner]] = {
     "median(startup 3, warmup 2) [default]": lambda: MedianPruner(3, 2),
     "median(startup 3, warmup 1)": lambda: MedianPruner(3, 1),
     "percentile: keep top 25% (startup 3, warmup 1)": lambda: PercentilePruner(25.0, 3, 1),

@@ -31,7 +31,8 @@ class Constant(pl.LightningModule):
         return self.train_dataloader()
 
 
-@pytest.mark.parametrize(("max_epochs", "pruned_at"), [(3, 1), (2, None)])
+# -1: no epoch limit (Lightning's), so no epoch is the last one; max_steps guards the test
+@pytest.mark.parametrize(("max_epochs", "pruned_at"), [(3, 1), (2, None), (-1, 1)])
 def test_reporter_prunes_but_never_after_the_last_epoch(max_epochs, pruned_at):
     # a pruner that stops every trial from the second epoch (step 1) on: 0.5 < 1.01
     pruner = optuna.pruners.ThresholdPruner(lower=1.01, n_warmup_steps=1)
@@ -44,6 +45,7 @@ def test_reporter_prunes_but_never_after_the_last_epoch(max_epochs, pruned_at):
         )
         trainer = pl.Trainer(
             max_epochs=max_epochs,
+            max_steps=40,  # 10 epochs of 4 batches
             callbacks=[reporter],
             logger=False,
             enable_checkpointing=False,

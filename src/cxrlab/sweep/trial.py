@@ -85,9 +85,8 @@ class OptunaTrialReporter(pl.Callback):
                 # after the last epoch there is nothing left to save: the trial completes (and
                 # is tested, and counts as a finished trial for the sampler) whatever the pruner
                 # would say; Optuna's own Lightning callback prunes it here
-                last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= max(
-                    trainer.max_epochs, 1
-                )
+                end = trainer.max_epochs  # None or -1: no epoch limit
+                last = end is not None and end > 0 and trainer.current_epoch + 1 >= end
                 prune = not last and bool(self.trial.should_prune())
         prune = trainer.strategy.broadcast(prune, src=0)
         if prune:
