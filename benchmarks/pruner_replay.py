@@ -114,7 +114,7 @@ def main() -> None:
             epochs, finished, leaders = replay(make(), direction, cs, values)
             pick = max if direction == "maximize" else min
             best = values.index(pick(values))
-            kept = pick(values[i] for i in finished)
+            kept = pick((values[i] for i in finished), default=float("nan"))  # none finished
             per_study.append(
                 {
                     "study": ref,

@@ -57,7 +57,7 @@ def test_reporter_prunes_but_never_after_the_last_epoch(max_epochs, pruned_at):
     finally:
         ACTIVE.pop(trial._trial_id)
     assert reporter.pruned_at == pruned_at
-    # both ran two epochs and reported both: of 3 the pruner stopped it after the second; of 2
-    # the second was the last, so it was not asked and the run finished normally
+    # every case ran two epochs and reported both: of 3 (and with no limit) the pruner stopped it
+    # after the second; of 2 the second was the last, so it was not asked and the run finished
     assert sorted(study.trials[0].intermediate_values) == [0, 1]
     assert trainer.current_epoch == 2
