@@ -108,6 +108,7 @@ def fault_sweep(sweeps):
         "trainer.max_epochs=1",
         "logger=csv",
         "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.keep_checkpoints=1",
     )
     return tmp, best, table, second
 
@@ -134,6 +135,22 @@ def test_rerunning_the_command_continues_the_study(fault_sweep):
     assert "1 complete, 0 pruned, 2 failed so far" in second.stderr + second.stdout
     folder = tmp / "logs" / "optuna" / FAULTS
     assert {p.name for p in folder.glob("trial_*")} >= {"trial_1", "trial_2", "trial_3"}
+
+
+def test_only_the_best_trials_keep_their_checkpoints(fault_sweep):
+    """keep_checkpoints=1: of two complete trials and a diverged one, only the best trial's
+    folder keeps its *.ckpt files; the others keep everything else."""
+    tmp, _, _, second = fault_sweep
+    best = load(tmp, FAULTS).best_trial.number
+    folder = tmp / "logs" / "optuna" / FAULTS
+    with_ckpt = {p.relative_to(folder).as_posix() for p in folder.rglob("*.ckpt")}
+    assert with_ckpt == {
+        f"trial_{best}/checkpoints/best.ckpt",
+        f"trial_{best}/checkpoints/last.ckpt",
+    }
+    for n in (2, 3):
+        assert (folder / f"trial_{n}" / "test_metrics.json").is_file()
+    assert "checkpoint files" in second.stderr + second.stdout  # the removal is logged
 
 
 def test_each_trial_is_its_own_run_in_every_logger(fault_sweep):
@@ -184,8 +201,10 @@ def test_pruned_trial_stops_early_in_a_separate_process(sweeps):
     assert trial.state == TrialState.PRUNED
     assert sorted(trial.intermediate_values) == [0, 1]  # stopped after epoch 1 of 4
     run = Path(trial.user_attrs["run_dir"])
-    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "train.log").is_file()
     assert not (run / "test_metrics.json").exists()  # pruned trials are not tested
+    # the default hydra.sweeper.keep_checkpoints keeps only complete trials' checkpoints
+    assert (run / "checkpoints").is_dir() and not list(run.rglob("*.ckpt"))
 
 
 def test_sigkilled_sweep_leaves_a_usable_study_and_the_rerun_retries_the_trial(sweeps):

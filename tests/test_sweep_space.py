@@ -1,4 +1,5 @@
-"""The sweeper's pure parts: search-space grammar, override round trips, trial outcomes."""
+"""The sweeper's pure parts: search-space grammar, override round trips, trial outcomes,
+which checkpoints a sweep keeps."""
 
 import math
 
@@ -10,8 +11,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from cxrlab.sweep.search_space import SearchSpaceError, parse, to_override
-from cxrlab.sweep.study import mask
-from cxrlab.sweep.sweeper import SweepError, direction_for, job_failure
+from cxrlab.sweep.study import mask, remove_checkpoints
+from cxrlab.sweep.sweeper import OptunaSweep, SweepError, direction_for, job_failure
 
 
 def test_grammar_maps_to_optuna_distributions():
@@ -104,3 +105,74 @@ def test_direction_follows_the_metric():
 def test_storage_password_is_masked_in_logs():
     assert mask("postgresql://optuna:s3cret@db:5432/x") == "postgresql://optuna:***@db:5432/x"
     assert mask(None) == "in-memory"
+
+
+def _trial_folder(root, number: int) -> str:
+    run = root / f"trial_{number}"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("best.ckpt", "last.ckpt"):
+        (run / "checkpoints" / name).write_bytes(b"x" * 1000)
+    (run / "train.log").write_text("log")
+    (run / "report").mkdir()
+    (run / "report" / "metrics.json").write_text("{}")
+    return str(run)
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_only_the_best_complete_trials_keep_their_checkpoints(tmp_path, direction):
+    study = optuna.create_study(direction=direction)
+    values = {0: 0.7, 1: 0.9, 2: 0.8, 3: 0.6}
+    for n, value in values.items():
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value,
+                params={},
+                distributions={},
+                user_attrs={"run_dir": _trial_folder(tmp_path, n)},
+            )
+        )
+    for n, state in ((4, TrialState.PRUNED), (5, TrialState.FAIL), (6, TrialState.RUNNING)):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                params={},
+                distributions={},
+                intermediate_values={0: 0.95},  # a pruned trial's high early value: still pruned
+                user_attrs={"run_dir": _trial_folder(tmp_path, n)},
+            )
+        )
+    # a trial whose folder is on another worker's machine (its value ranks third either way),
+    # and one that never got a folder
+    study.add_trial(optuna.trial.create_trial(value=0.75, user_attrs={"run_dir": "/elsewhere/t7"}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+
+    def with_checkpoints():
+        return sorted(int(p.parent.parent.name[6:]) for p in tmp_path.glob("trial_*/*/best.ckpt"))
+
+    files, size = remove_checkpoints(study, keep=2)
+    best_two = [1, 2] if direction == "maximize" else [0, 3]
+    assert with_checkpoints() == sorted(best_two + [6])  # the running trial is left alone
+    assert (files, size) == (8, 8_000)  # two complete trials, the pruned and the failed one
+    assert len(list(tmp_path.glob("trial_*/train.log"))) == 7  # nothing else is touched
+    assert len(list(tmp_path.glob("trial_*/report/metrics.json"))) == 7
+    assert remove_checkpoints(study, keep=2) == (0, 0)  # idempotent
+    remove_checkpoints(study, keep=0)
+    assert with_checkpoints() == [6]
+
+
+@pytest.mark.parametrize("keep", [-1, 1.5, "3", True])
+def test_bad_keep_checkpoints_names_the_key(keep):
+    with pytest.raises(SweepError, match="hydra.sweeper.keep_checkpoints"):
+        OptunaSweep(
+            sampler=None,
+            pruner=None,
+            direction="auto",
+            storage=None,
+            study_name="s",
+            n_trials=1,
+            n_jobs=1,
+            params=None,
+            max_failures=1,
+            heartbeat_interval=None,
+            keep_checkpoints=keep,
+        )

@@ -166,3 +166,36 @@ class Heartbeat:
         if self._thread is not None:
             self._thread.join(timeout=10)
         return False
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def remove_checkpoints(study: optuna.Study, keep: int) -> tuple[int, int]:
+    """Delete the ``*.ckpt`` files of finished trials outside the ``keep`` best complete ones.
+
+    A trial's checkpoints (weights and optimizer state, 100+ MB for a DenseNet with Adam) are
+    used by the trial itself (its test split is scored with its best checkpoint) and afterwards
+    only by someone who wants that model: the best trials. A pruned or failed trial is never
+    resumed (a killed one is retried from the start), and a complete trial's rank can only
+    fall as trials finish, so what is removed is never wanted back. Running trials, and run
+    folders that are not on this machine (another worker's), are left alone; only files
+    ending in ``.ckpt`` inside a trial's own run folder are touched. Returns (files, bytes).
+    """
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(complete, key=lambda t: (-t.value if maximize else t.value, t.number))
+    kept = {t.number for t in ranked[:keep]}
+    files, size = 0, 0
+    for t in study.get_trials(deepcopy=False, states=FINISHED):
+        run_dir = t.user_attrs.get("run_dir")
+        if t.number in kept or not run_dir or not Path(run_dir).is_dir():
+            continue
+        for path in Path(run_dir).rglob("*.ckpt"):
+            try:
+                n = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:  # another worker sharing the folder was first
+                continue
+            files, size = files + 1, size + n
+    return files, size

@@ -82,6 +82,7 @@ class OptunaSweep:
         heartbeat_interval: int | None,
         plots: bool = True,
         enqueue=None,
+        keep_checkpoints: int | None = None,
     ):
         self.sampler = sampler
         self.pruner = pruner
@@ -95,6 +96,17 @@ class OptunaSweep:
         self.heartbeat_interval = heartbeat_interval
         self.plots = plots
         self.enqueue = [dict(e) for e in (enqueue or [])]
+        if keep_checkpoints is not None and (
+            isinstance(keep_checkpoints, bool)
+            or not isinstance(keep_checkpoints, int)
+            or keep_checkpoints < 0
+        ):
+            raise SweepError(
+                f"hydra.sweeper.keep_checkpoints={keep_checkpoints!r}: give the number of best "
+                "complete trials whose checkpoints stay (0 or more), or null to keep every "
+                "trial's checkpoints"
+            )
+        self.keep_checkpoints = keep_checkpoints
         self.launcher: Launcher | None = None
         self.config: DictConfig | None = None
 
@@ -186,6 +198,7 @@ class OptunaSweep:
                 failures += self._run_batch(study, batch, fixed, launched)
                 launched += len(batch)
                 report()
+                self._remove_checkpoints(study)
                 if failures >= self.max_failures:
                     raise SweepError(
                         f"{failures} trials failed in this sweep process "
@@ -194,6 +207,7 @@ class OptunaSweep:
                     )
         finally:
             summary = report(plots=self.plots)
+            self._remove_checkpoints(study)
         if "best_trial" in summary:
             log.info(
                 "Best trial %d: %s=%.4f with %s. Retrain it: %s",
@@ -204,6 +218,23 @@ class OptunaSweep:
                 summary["retrain"],
             )
         log.info("Study report: %s (trials.csv, best.yaml, plots/)", out)
+
+    def _remove_checkpoints(self, study: optuna.Study) -> None:
+        if self.keep_checkpoints is None:
+            return
+        try:
+            files, size = studies.remove_checkpoints(study, self.keep_checkpoints)
+        except OSError as e:  # a full or read-only disk must not cost the sweep its results
+            log.warning("Old trials' checkpoints not removed: %s", e)
+            return
+        if files:
+            log.info(
+                "Removed %d checkpoint files (%.0f MB) of trials outside the best %d "
+                "(hydra.sweeper.keep_checkpoints)",
+                files,
+                size / 2**20,
+                self.keep_checkpoints,
+            )
 
     def _run_batch(self, study: optuna.Study, batch: list, fixed: list[str], launched: int) -> int:
         overrides = []

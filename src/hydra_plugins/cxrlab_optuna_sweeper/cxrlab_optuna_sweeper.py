@@ -39,6 +39,9 @@ class CXRLabOptunaSweeperConf:
     params: Any = None
     # parameter sets to try first (e.g. a known-good baseline), once per study
     enqueue: Any = None
+    # checkpoints (*.ckpt) stay only in the run folders of this many best complete trials;
+    # pruned and failed trials lose theirs; null keeps every trial's
+    keep_checkpoints: Any = None
 
 
 ConfigStore.instance().store(
