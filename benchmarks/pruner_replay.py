@@ -5,8 +5,9 @@
 e.g. `sqlite:///logs/optuna/studies.db:train-template-optuna`. Every study named must have been
 run without a pruner (`hydra.sweeper.pruner=null`), so each trial's whole validation curve is
 stored. The replay feeds those curves, trial by trial in their original order, to each pruner
-below (a fresh in-memory study per pruner and source study) and records which trials it would
-have stopped and after how many epochs. Reported per pruner: the epochs it would have trained
+below (a fresh in-memory study per pruner and source study; as in a sweep, the pruner is not
+asked after the last epoch) and records which trials it would have stopped and after how many
+epochs. Reported per pruner: the epochs it would have trained
 (against all of them), whether it would have kept each study's best trial, how many trials it
 stops that would have become the best so far (with TPE these change every later proposal: the
 sampler builds on its best trials), and the best value among the trials it lets finish (minus
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from optuna.pruners import (
     BasePruner,
     HyperbandPruner,
     MedianPruner,
+    PatientPruner,
     PercentilePruner,
     SuccessiveHalvingPruner,
 )
@@ -48,6 +51,10 @@ PRUNERS: dict[str, Callable[[], BasePruner]] = {
     "successive halving (min 2, rf 3)": lambda: SuccessiveHalvingPruner(2, 3),
     "successive halving (min 3, rf 2)": lambda: SuccessiveHalvingPruner(3, 2),
     "hyperband (min 1, rf 3)": lambda: HyperbandPruner(min_resource=1, reduction_factor=3),
+    # the median rule, asked only once a trial has not improved its best for `patience` epochs:
+    # a slow but still climbing trial is let through (noisy small validation splits)
+    "median(startup 3, warmup 2), patience 2": lambda: PatientPruner(MedianPruner(3, 2), 2),
+    "median(startup 3, warmup 2), patience 3": lambda: PatientPruner(MedianPruner(3, 2), 3),
 }
 
 
@@ -75,13 +82,16 @@ def replay(pruner: BasePruner, direction: str, cs: list[list[float]], values: li
     study = optuna.create_study(study_name="replay", direction=direction, pruner=pruner)
     better = (lambda a, b: a > b) if direction == "maximize" else (lambda a, b: a < b)
     epochs, finished, stopped_leaders = 0, [], []
+    # as in cxrlab.sweep.trial: the pruner is not asked after a trial's last epoch (max_epochs,
+    # taken as the longest curve; shorter ones ended by EarlyStopping)
+    last = max(len(c) for c in cs) - 1
     for i, curve in enumerate(cs):
         trial = study.ask()
         pruned = False
         for step, value in enumerate(curve):
             epochs += 1
             trial.report(value, step)
-            if trial.should_prune():
+            if step < last and trial.should_prune():
                 pruned = True
                 break
         if pruned:
@@ -100,6 +110,7 @@ def main() -> None:
     p.add_argument("--out", default="pruner_replay", help="logs/bench/<out>.json")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     sources = []
     for ref in args.studies:
         storage, _, name = ref.rpartition(":")
