@@ -7,11 +7,10 @@ run without a pruner (`hydra.sweeper.pruner=null`), so each trial's whole valida
 stored. The replay feeds those curves, trial by trial in their original order, to each pruner
 below (a fresh in-memory study per pruner and source study; as in a sweep, the pruner is not
 asked after the last epoch) and records which trials it would have stopped and after how many
-epochs. Reported per pruner: the epochs it would have trained
-(against all of them), whether it would have kept each study's best trial, how many trials it
-stops that would have become the best so far (with TPE these change every later proposal: the
-sampler builds on its best trials), and the best value among the trials it lets finish (minus
-the study's best).
+epochs. Reported per pruner: the epochs it would have trained (against all of them), whether it
+would have kept each study's best trial, how many trials it stops that would have become the
+best so far (with TPE these change every later proposal: the sampler builds on its best
+trials), and the best value among the trials it lets finish (minus the study's best).
 
 What a replay cannot show: in a real pruned sweep the sampler learns from truncated curves and
 proposes other parameters after the first pruned trial (docs/sweeps.md measures that with
