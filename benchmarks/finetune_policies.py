@@ -1,13 +1,13 @@
 """Transfer-learning comparison on the phantom: head-only vs staged vs full fine-tuning.
 
-    python benchmarks/finetune_policies.py
+    python benchmarks/finetune_policies.py [--source RUN_FOLDER] [--out finetune_policies]
 
 No pretrained CXR weights can be downloaded here, so the "pretrained" model is made here too:
 a ResNet18 trained on a *source* phantom (other patients, generator seed 1, the 3-class
 normal / bacterial / viral task, 660 balanced images). Each policy then trains on a small *target*
 set (seed 0, binary, 240 balanced images) from that trunk (`model.init_from`), against the
 same network from scratch. Reported: test AUROC (95% patient-bootstrap CI), seconds per
-training epoch, trainable parameters. Writes logs/bench/finetune_policies.json.
+training epoch, trainable parameters. Writes logs/bench/<--out>.json (finetune_policies).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import BENCH, machine, train_py  # noqa: E402
+from run import BENCH, save, train_py  # noqa: E402
 
 COMMON = [
     "model=resnet18",
@@ -87,6 +87,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", help="reuse this source run folder (skips the source training)")
+    ap.add_argument("--out", default="finetune_policies", help="logs/bench/<out>.json")
     args = ap.parse_args()
     out = BENCH / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
     source = Path(args.source) if args.source else out / "source"
@@ -109,16 +110,14 @@ def main() -> None:
         init = [] if name.startswith("scratch") else [f"model.init_from={ckpt}"]
         results[name] = train(out / name, [*TARGET, *init, *extra])
         print(name, results[name], flush=True)
-    result = {
-        "benchmark": "finetune_policies",
-        "machine": machine(),
-        "common": COMMON + TARGET,
-        "policies": {k: POLICIES.get(k) for k in results},
-        "results": results,
-    }
-    BENCH.mkdir(parents=True, exist_ok=True)
-    (BENCH / "finetune_policies.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    save(
+        args.out,
+        {
+            "common": COMMON + TARGET,
+            "policies": {k: POLICIES.get(k) for k in results},
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

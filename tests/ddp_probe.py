@@ -1,9 +1,11 @@
-"""A callback the DDP test injects through Hydra: records which rows each rank trained on."""
+"""Callbacks the DDP tests inject through Hydra: which rows each rank trained on, which blocks
+changed."""
 
 import json
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 
 class RecordTrainRows(pl.Callback):
@@ -24,3 +26,33 @@ class RecordTrainRows(pl.Callback):
         name = f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.json"
         (self.out / name).write_text(json.dumps(self.rows))
         (self.out / f"labels_{name}").write_text(json.dumps(self.labels))
+
+
+class RecordBlockChanges(pl.Callback):
+    """Per rank and epoch: which of the backbone's five blocks changed (weights or BatchNorm
+    statistics) and whether the head did."""
+
+    def __init__(self, out_dir: str):
+        self.out = Path(out_dir)
+
+    def _state(self, pl_module):
+        from cxrlab.models.backbones import BACKBONES
+        from cxrlab.models.finetune import resolve_blocks
+
+        blocks = resolve_blocks(pl_module.net, BACKBONES[pl_module.hparams.backbone].blocks)
+        blocks.append([pl_module.net.head])
+        return [
+            [t.detach().clone() for m in b for t in [*m.parameters(), *m.buffers()]] for b in blocks
+        ]
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.before = self._state(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        changed = [
+            any(not torch.equal(a, b) for a, b in zip(xs, ys))
+            for xs, ys in zip(self.before, self._state(pl_module))
+        ]
+        self.out.mkdir(parents=True, exist_ok=True)
+        name = f"blocks_rank{trainer.global_rank}_epoch{trainer.current_epoch}.json"
+        (self.out / name).write_text(json.dumps(changed))

@@ -80,9 +80,11 @@ def test_two_process_test_metrics_equal_one_process_evaluation(ddp_run):
     assert state["cxrlab"]["threshold"] == pytest.approx(a["threshold"]["value"])
 
 
-def test_class_balanced_sampler_shards_under_ddp(tmp_path):
+def test_class_balanced_sampler_and_staged_finetuning_under_ddp(tmp_path):
     """data.sampler=weighted with two processes: each rank draws its own half of one
-    class-balanced epoch (the phantom is 3:1 pneumonia:normal), new draws every epoch."""
+    class-balanced epoch (the phantom is 3:1 pneumonia:normal), new draws every epoch.
+    model.finetune.policy=staged in the same run: under DDP the frozen blocks keep requiring
+    gradients (the reducer waits for them) and their gradients are dropped on every rank."""
     os.environ["PYTHONPATH"] = f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     run_train(
         tmp_path,
@@ -95,10 +97,24 @@ def test_class_balanced_sampler_shards_under_ddp(tmp_path):
         "data.source.num_patients=40",
         "evaluation.bootstrap=20",
         "test=false",
+        "model.finetune.policy=staged",
+        "model.finetune.unfreeze_at_epoch=1",
+        "model.finetune.unfreeze_blocks=1",
         "+callbacks.probe._target_=ddp_probe.RecordTrainRows",
         f"+callbacks.probe.out_dir={tmp_path / 'probe'}",
+        "+callbacks.blocks._target_=ddp_probe.RecordBlockChanges",
+        f"+callbacks.blocks.out_dir={tmp_path / 'probe'}",
     )
     probe = tmp_path / "probe"
+    assert (
+        "frozen blocks' gradients are computed, then dropped"
+        in (tmp_path / "run" / "train.log").read_text()
+    )
+    for rank in (0, 1):  # [5 backbone blocks..., head]
+        changed = [
+            json.loads((probe / f"blocks_rank{rank}_epoch{e}.json").read_text()) for e in (0, 1)
+        ]
+        assert changed == [[False] * 5 + [True], [False] * 4 + [True, True]]
     draws = {}
     for epoch in (0, 1):
         for rank in (0, 1):

@@ -70,11 +70,23 @@ class RandomImages(Dataset):
 
 
 class Probe(pl.Callback):
-    """Per epoch: which blocks' weights and BatchNorm statistics changed, each group's lr."""
+    """Per epoch: which blocks' weights and BatchNorm statistics changed, each group's lr, and
+    which blocks the backward pass runs through (their outputs are part of the autograd graph)."""
 
     def __init__(self, blocks):
         self.blocks = blocks
         self.epochs = []
+        self.graph = [False] * len(blocks)
+        for i, block in enumerate(blocks):
+            for m in block:
+                m.register_forward_hook(self._hook(i))
+
+    def _hook(self, i):
+        def hook(module, args, out):
+            if module.training and torch.is_grad_enabled() and out.requires_grad:
+                self.graph[i] = True
+
+        return hook
 
     def _state(self, pl_module):
         return [
@@ -84,6 +96,7 @@ class Probe(pl.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.before = self._state(pl_module)
+        self.graph = [False] * len(self.blocks)
 
     def on_train_epoch_end(self, trainer, pl_module):
         after = self._state(pl_module)
@@ -91,7 +104,9 @@ class Probe(pl.Callback):
             any(not torch.equal(a, b) for a, b in zip(xs, ys)) for xs, ys in zip(self.before, after)
         ]
         lrs = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}
-        self.epochs.append({"blocks": changed[:-1], "head": changed[-1], "lrs": lrs})
+        self.epochs.append(
+            {"blocks": changed[:-1], "head": changed[-1], "lrs": lrs, "backward": self.graph}
+        )
 
 
 def fit(finetune, epochs=3):
@@ -126,9 +141,14 @@ def test_staged_trains_the_head_first_then_the_last_blocks_at_their_own_rate():
     )
     # epoch 0: only the head moves; the frozen backbone keeps weights AND BatchNorm statistics
     assert epochs[0]["head"] and epochs[0]["blocks"] == [False] * 5
-    # epochs 1, 2: the last two blocks train too; the first three stay as they were
+    # ... and the backward pass stops at the head (one process: frozen blocks are left out of
+    # the autograd graph, so the head phase costs what policy=head costs)
+    assert epochs[0]["backward"] == [False] * 5
+    # epochs 1, 2: the last two blocks train too; the first three stay as they were and the
+    # backward pass stops where they begin
     for e in epochs[1:]:
         assert e["head"] and e["blocks"] == [False, False, False, True, True]
+        assert e["backward"] == [False, False, False, True, True]
     for e in epochs:
         assert e["lrs"]["head"] == pytest.approx(1e-3)
         assert e["lrs"]["backbone"] == pytest.approx(1e-4)
@@ -148,6 +168,7 @@ def test_head_policy_never_touches_the_backbone():
 def test_full_trains_everything():
     _, epochs = fit({"policy": "full"}, epochs=1)
     assert epochs[0]["head"] and epochs[0]["blocks"] == [True] * 5
+    assert epochs[0]["backward"] == [True] * 5
 
 
 # ---------------------------------------------------------------- class-balanced sampling

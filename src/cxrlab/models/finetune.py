@@ -18,9 +18,12 @@ statistics in training (``track_running_stats=False``) while evaluation uses the
 and the parameter groups it adds on unfreezing are unknown to an already-built LR scheduler and
 to an already-built DDP reducer (whose gradient sync covers only parameters that required grad
 at construction). Here every parameter that may ever train is in the optimizer from the start,
-with its own group and learning rate; while a block is frozen in ``staged`` its gradients are
-dropped after the backward pass (identically on every rank), so the optimizer skips it (no
-update, no weight decay, no moment estimates) and DDP keeps syncing it.
+with its own group and learning rate. While a block is frozen in ``staged``, in one process its
+parameters stop requiring gradients (autograd skips its backward pass: the head phase costs
+what ``head`` costs); under DDP, whose reducer waits for a gradient of every parameter that
+required one when the model was wrapped, its gradients are computed and dropped after the
+backward pass instead (identically on every rank). Either way the optimizer skips it (no
+update, no weight decay, no moment estimates).
 """
 
 from __future__ import annotations
@@ -171,6 +174,8 @@ class Finetuner(pl.Callback):
         self.frozen_params: list[nn.Parameter] = []
         self.frozen_bn: list[nn.Module] = []
         self.stage: str | None = None
+        # one process: frozen blocks stop requiring gradients; under DDP they cannot (see above)
+        self.toggle_requires_grad = True
 
     def frozen_blocks(self, epoch: int) -> list[list[nn.Module]]:
         if self.cfg.policy == "full":
@@ -182,6 +187,11 @@ class Finetuner(pl.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # (policy head: CXRClassifier froze the backbone at construction: no gradients at all)
+        # the strategy has wrapped the model by now
+        ddp = isinstance(trainer.strategy.model, nn.parallel.DistributedDataParallel)
+        self.toggle_requires_grad = not ddp
+        if ddp and self.cfg.policy == "staged":
+            log.info("Fine-tuning under DDP: frozen blocks' gradients are computed, then dropped")
         self._apply(trainer.current_epoch)
 
     def _apply(self, epoch: int) -> None:
@@ -197,6 +207,10 @@ class Finetuner(pl.Callback):
             if self.cfg.freeze_bn
             else []
         )
+        if self.toggle_requires_grad and self.cfg.policy == "staged":
+            frozen_ids = {id(p) for p in self.frozen_params}
+            for p in _params(m for b in self.blocks for m in b):
+                p.requires_grad_(id(p) not in frozen_ids)
         n_frozen = len(self.frozen_blocks(epoch))
         stage = f"{len(self.blocks) - n_frozen} of {len(self.blocks)} backbone blocks train"
         if stage != self.stage:
