@@ -66,7 +66,7 @@ def main() -> None:
 
     from cxrlab.data.preprocess import load_preprocessed
     from cxrlab.inference.predictor import Predictor
-    from cxrlab.inference.service import usable_cpus
+    from cxrlab.inference.service import usable_cpus, wait_until_healthy
 
     pred = Predictor.from_checkpoint(ckpt, "cpu")
     arr = load_preprocessed(image, pred.spec)
@@ -109,12 +109,7 @@ def main() -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_until_healthy(url, server, timeout=120)
         with httpx.Client(timeout=60) as client:
             timings = []  # the server's own Server-Timing: decode and model milliseconds
 

@@ -6,7 +6,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from test_train import ROOT, run_train
 
 from cxrlab.inference.predictor import Predictor
+from cxrlab.inference.service import wait_until_healthy
 
 
 def free_port() -> int:
@@ -47,16 +47,10 @@ def served(tmp_path_factory, tiny_phantom):
     with open(tmp / "server.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-            assert proc.poll() is None, (tmp / "server.log").read_text()
-        else:
-            raise RuntimeError("server did not start")
+        try:
+            wait_until_healthy(url, proc, timeout=120)
+        except RuntimeError as e:
+            raise AssertionError((tmp / "server.log").read_text()) from e
         images = sorted((tiny_phantom / "chest_xray" / "test").rglob("*.jpeg"))[:6]
         yield url, ckpt, images, tmp
         proc.terminate()
@@ -237,3 +231,13 @@ def test_export_matches_pytorch(served, tmp_path, fmt, name):
     assert max_abs_difference(ckpt, out, fmt, batch=5, seed=3) < 1e-4  # another batch size
     meta = json.loads(out.with_suffix(out.suffix + ".json").read_text())
     assert meta["classes"] == ["normal", "pneumonia"] and meta["threshold"] is not None
+
+
+def test_waiting_for_a_server_that_died_or_never_answers_fails_fast():
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait(30)
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(RuntimeError, match=r"exited \(code 3\)"):
+        wait_until_healthy(url, dead, timeout=60)
+    with pytest.raises(RuntimeError, match="did not answer within 1 s"):
+        wait_until_healthy(url, timeout=1)

@@ -239,6 +239,25 @@ def create_app(
     return app
 
 
+def wait_until_healthy(url: str, proc=None, timeout: float = 120.0) -> None:
+    """Block until ``GET <url>/health`` answers 200 (a server started as a subprocess loads its
+    checkpoint first). Raises RuntimeError, with the exit code, as soon as ``proc`` (a
+    ``subprocess.Popen``) has exited, or when ``timeout`` seconds pass."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited (code {proc.returncode}) before {url} answered")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url}/health did not answer within {timeout:.0f} s")
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
