@@ -29,7 +29,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import BENCH, machine, train_py  # noqa: E402
+from run import BENCH, save, train_py  # noqa: E402
 
 
 def train(run_dir: Path, model: str) -> Path:
@@ -200,8 +200,6 @@ def main() -> None:
     }
     metrics = json.loads((ckpt.parents[1] / "test_metrics.json").read_text())["metrics"]
     result = {
-        "benchmark": "gradcam_pointing",
-        "machine": machine(),
         "checkpoint": str(ckpt),
         "backbone": backbone,
         "model_test_auroc": round(metrics["test/auroc"], 4),
@@ -242,9 +240,7 @@ def main() -> None:
             for kind in ("bacteria", "virus")
             if (files := [f for f in positives if f"_{kind}_" in Path(f).name])
         }
-    BENCH.mkdir(parents=True, exist_ok=True)
-    (BENCH / f"gradcam_pointing_{backbone}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
+    save(f"gradcam_pointing_{backbone}", result, quiet=("table",))
 
 
 if __name__ == "__main__":

@@ -50,11 +50,13 @@ def train_py(*args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def save(name: str, result: dict) -> None:
+def save(name: str, result: dict, quiet: tuple[str, ...] = ()) -> None:
+    """Write logs/bench/<name>.json (with the machine it ran on) and print it, less the
+    ``quiet`` keys (long tables already printed as they were measured)."""
     BENCH.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": name, "machine": machine(), **result}
     (BENCH / f"{name}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in quiet}, indent=2))
 
 
 # ------------------------------------------------------------------------------------------

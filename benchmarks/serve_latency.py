@@ -1,6 +1,6 @@
 """Serving latency: the HTTP API against the bare model forward on the same input.
 
-    python benchmarks/serve_latency.py [--ckpt best.ckpt] [--requests 60]
+    python benchmarks/serve_latency.py [--ckpt best.ckpt] [--requests 60] [--out serve_latency]
 
 Without --ckpt it trains a one-epoch 224 px DenseNet121 (xrv) checkpoint on the phantom (the
 weights do not matter for speed). Then, on one phantom JPEG:
@@ -10,13 +10,12 @@ weights do not matter for speed). Then, on one phantom JPEG:
 (c) 8 concurrent clients: requests/s.
 API overhead at p50 = (b - a) / a, against the forward with every core and against the
 forward with the server's own thread count (`--server-threads`, default all cores but one).
-Writes logs/bench/serve_latency.json.
+Writes logs/bench/<--out>.json (serve_latency).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -32,7 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import BENCH, machine, train_py  # noqa: E402
+from run import BENCH, save, train_py  # noqa: E402
 
 
 def pct(xs, q):
@@ -55,7 +54,7 @@ def main() -> None:
     p.add_argument("--ckpt")
     p.add_argument("--requests", type=int, default=60)
     p.add_argument("--server-threads", type=int, help="serve.py --threads (default: its own)")
-    p.add_argument("--out", default="serve_latency.json", help="file name under logs/bench")
+    p.add_argument("--out", default="serve_latency", help="logs/bench/<out>.json")
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     ckpt = Path(args.ckpt) if args.ckpt else make_checkpoint(BENCH / "serve-ckpt")
@@ -140,8 +139,6 @@ def main() -> None:
         server.wait(30)
 
     result = {
-        "benchmark": "serve_latency",
-        "machine": machine(),
         "checkpoint": str(ckpt),
         "image": f"{image.name} ({len(data) // 1024} KB JPEG), preprocessed to {pred.spec.size} px",
         "model": pred.model.hparams["backbone"],
@@ -163,9 +160,7 @@ def main() -> None:
         "concurrent_8_clients_rps": round(concurrent_rps, 2),
         "sequential_rps": round(1 / statistics.mean(api), 2),
     }
-    BENCH.mkdir(parents=True, exist_ok=True)
-    (BENCH / args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    save(args.out.removesuffix(".json"), result)
 
 
 if __name__ == "__main__":
