@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from ddp_probe import changed, snapshot
 from torch.utils.data import DataLoader, Dataset
 
 from cxrlab.data.samplers import DistributedWeightedSampler, class_balanced_weights
@@ -88,24 +89,15 @@ class Probe(pl.Callback):
 
         return hook
 
-    def _state(self, pl_module):
-        return [
-            [t.detach().clone() for m in b for t in list(m.parameters()) + list(m.buffers())]
-            for b in self.blocks
-        ] + [[t.detach().clone() for t in pl_module.net.head.parameters()]]
-
     def on_train_epoch_start(self, trainer, pl_module):
-        self.before = self._state(pl_module)
+        self.before = snapshot(self.blocks, pl_module.net.head)
         self.graph = [False] * len(self.blocks)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        after = self._state(pl_module)
-        changed = [
-            any(not torch.equal(a, b) for a, b in zip(xs, ys)) for xs, ys in zip(self.before, after)
-        ]
+        moved = changed(self.before, snapshot(self.blocks, pl_module.net.head))
         lrs = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}
         self.epochs.append(
-            {"blocks": changed[:-1], "head": changed[-1], "lrs": lrs, "backward": self.graph}
+            {"blocks": moved[:-1], "head": moved[-1], "lrs": lrs, "backward": self.graph}
         )
 
 
