@@ -63,6 +63,8 @@ def test_run_folder_has_config_checkpoints_metrics_and_splits(wandb_run):
     assert (run / ".hydra" / "config.yaml").is_file()
     assert (run / "checkpoints" / "best.ckpt").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    log = (run / "train.log").read_text()
+    assert "GPU available" in log and "litlogger" not in log  # Lightning's info, not its ads
     m = json.loads((run / "test_metrics.json").read_text())
     assert m["split"] == "test" and m["images"] > 0 and m["patients"] > 0
     assert m["classes"] == ["normal", "bacteria", "virus"]
