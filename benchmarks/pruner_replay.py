@@ -1,13 +1,15 @@
 """Replay finished, unpruned sweeps through Optuna pruners: what each would have saved and lost.
 
-    python benchmarks/pruner_replay.py STORAGE:STUDY [STORAGE:STUDY ...] [--out pruner_replay]
+    python benchmarks/pruner_replay.py STORAGE:STUDY [STORAGE:STUDY ...] [--report last|best]
+                                       [--out pruner_replay]
 
 e.g. `sqlite:///logs/optuna/studies.db:train-template-optuna`. Every study named must have been
 run without a pruner (`hydra.sweeper.pruner=null`), so each trial's whole validation curve is
 stored. The replay feeds those curves, trial by trial in their original order, to each pruner
 below (a fresh in-memory study per pruner and source study; as in a sweep, the pruner is not
 asked after the last epoch) and records which trials it would have stopped and after how many
-epochs. Reported per pruner: the epochs it would have trained (against all of them), whether it
+epochs. `--report best` feeds each curve's best value so far instead of each epoch's (what
+`hydra.sweeper.report=best` tells the pruner). Reported per pruner: the epochs it would have trained (against all of them), whether it
 would have kept each study's best trial, how many trials it stops that would have become the
 best so far (with TPE these change every later proposal: the sampler builds on its best
 trials), and the best value among the trials it lets finish (minus the study's best).
@@ -49,6 +51,7 @@ PRUNERS: dict[str, Callable[[], BasePruner]] = {
     "successive halving (min 2, rf 2)": lambda: SuccessiveHalvingPruner(2, 2),
     "successive halving (min 2, rf 3)": lambda: SuccessiveHalvingPruner(2, 3),
     "successive halving (min 3, rf 2)": lambda: SuccessiveHalvingPruner(3, 2),
+    "median(startup 5, warmup 2)": lambda: MedianPruner(5, 2),
     "hyperband (min 1, rf 3)": lambda: HyperbandPruner(min_resource=1, reduction_factor=3),
     # the median rule, asked only once a trial has not improved its best for `patience` epochs:
     # a slow but still climbing trial is let through (noisy small validation splits)
@@ -71,6 +74,11 @@ def curves(storage: str, name: str) -> tuple[str, list[list[float]], list[float]
         [[t.intermediate_values[k] for k in sorted(t.intermediate_values)] for t in done],
         [t.value for t in done],
     )
+
+
+def best_so_far(curve: list[float], direction: str) -> list[float]:
+    pick = max if direction == "maximize" else min
+    return [pick(curve[: i + 1]) for i in range(len(curve))]
 
 
 def replay(pruner: BasePruner, direction: str, cs: list[list[float]], values: list[float]):
@@ -106,6 +114,12 @@ def replay(pruner: BasePruner, direction: str, cs: list[list[float]], values: li
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("studies", nargs="+", help="STORAGE:STUDY of an unpruned sweep")
+    p.add_argument(
+        "--report",
+        choices=["last", "best"],
+        default="last",
+        help="what the pruner sees each epoch: that epoch's value or the best so far",
+    )
     p.add_argument("--out", default="pruner_replay", help="logs/bench/<out>.json")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -115,7 +129,10 @@ def main() -> None:
         storage, _, name = ref.rpartition(":")
         if not storage:
             raise SystemExit(f"{ref}: expected STORAGE:STUDY, e.g. sqlite:///studies.db:my-study")
-        sources.append((ref, *curves(storage, name)))
+        direction, cs, values = curves(storage, name)
+        if args.report == "best":
+            cs = [best_so_far(c, direction) for c in cs]
+        sources.append((ref, direction, cs, values))
     total = sum(sum(len(c) for c in cs) for _, _, cs, _ in sources)
     rows = {}
     for label, make in PRUNERS.items():
@@ -149,7 +166,15 @@ def main() -> None:
             f"{rows[label]['kept_best_trial']}/{len(sources)}  stopped would-be leaders "
             f"{rows[label]['stopped_would_be_leaders']}  best delta {deltas}"
         )
-    save(args.out, {"studies": [s[0] for s in sources], "total_epochs": total, "pruners": rows})
+    save(
+        args.out,
+        {
+            "studies": [s[0] for s in sources],
+            "report": args.report,
+            "total_epochs": total,
+            "pruners": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -176,3 +176,20 @@ def test_bad_keep_checkpoints_names_the_key(keep):
             heartbeat_interval=None,
             keep_checkpoints=keep,
         )
+
+
+def test_bad_report_names_the_key():
+    with pytest.raises(SweepError, match="hydra.sweeper.report='mean'"):
+        OptunaSweep(
+            sampler=None,
+            pruner=None,
+            direction="auto",
+            storage=None,
+            study_name="s",
+            n_trials=1,
+            n_jobs=1,
+            params=None,
+            max_failures=1,
+            heartbeat_interval=None,
+            report="mean",
+        )

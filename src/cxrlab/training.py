@@ -58,9 +58,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     callbacks = instantiate_group(cfg.get("callbacks"))
     reporter = None
     if cfg.get("optuna_trial"):
-        from cxrlab.sweep.trial import OptunaTrialReporter
+        from cxrlab.sweep.trial import OptunaTrialReporter, report_mode
 
-        reporter = OptunaTrialReporter(cfg.optuna_trial, str(cfg.optimized_metric))
+        reporter = OptunaTrialReporter(cfg.optuna_trial, str(cfg.optimized_metric), report_mode())
         callbacks.append(reporter)
     loggers = instantiate_group(name_trial_runs(cfg.get("logger"), cfg.get("optuna_trial")))
     trainer: pl.Trainer = hydra.utils.instantiate(

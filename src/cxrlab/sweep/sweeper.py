@@ -83,6 +83,7 @@ class OptunaSweep:
         plots: bool = True,
         enqueue=None,
         keep_checkpoints: int | None = None,
+        report: str = "last",
     ):
         self.sampler = sampler
         self.pruner = pruner
@@ -107,6 +108,14 @@ class OptunaSweep:
                 "trial's checkpoints"
             )
         self.keep_checkpoints = keep_checkpoints
+        from cxrlab.sweep.trial import REPORTS
+
+        if report not in REPORTS:
+            raise SweepError(
+                f"hydra.sweeper.report={report!r}: use last (each epoch's validation value) or "
+                "best (the best so far, what the trial returns if it stops now)"
+            )
+        self.report = report
         self.launcher: Launcher | None = None
         self.config: DictConfig | None = None
 

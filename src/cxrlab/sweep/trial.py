@@ -53,18 +53,38 @@ def resolve_trial(ref):
     return optuna.trial.Trial(study, trial_id)
 
 
+REPORTS = ("last", "best")
+
+
+def report_mode() -> str:
+    """``hydra.sweeper.report`` of the sweep this run belongs to ("last" outside a sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return "last"
+    return str(HydraConfig.get().sweeper.get("report") or "last")
+
+
 class OptunaTrialReporter(pl.Callback):
     """Reports the monitored validation metric to the trial after each epoch; prunes (never
     after the last epoch: stopping then saves nothing and would discard a finished trial).
+
+    ``report="last"`` reports each epoch's value; ``"best"`` the best value so far, which is
+    what the trial returns if it stops now (its best checkpoint's value): a trial is then
+    judged by its best epoch, not by a dip of a noisy validation split.
 
     Rank 0 talks to the study; the decision is broadcast so every DDP rank stops together.
     A pruned run stops like an early-stopped one (checkpoints kept); ``train()`` then raises
     ``optuna.TrialPruned`` so the sweeper records the trial as pruned.
     """
 
-    def __init__(self, ref, monitor: str):
+    def __init__(self, ref, monitor: str, report: str = "last"):
+        if report not in REPORTS:
+            raise ValueError(f"hydra.sweeper.report={report!r}: use one of {list(REPORTS)}")
         self.ref = ref
         self.monitor = monitor
+        self.report = report
+        self.best: float | None = None
         self.trial = None
         self.pruned_at: int | None = None
         self.last_value: float | None = None
@@ -72,6 +92,12 @@ class OptunaTrialReporter(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero and self.trial is None:
             self.trial = resolve_trial(self.ref)
+            log.info(
+                "Optuna trial %s: %s reported after every epoch (%s)",
+                self.ref["number"],
+                self.monitor,
+                "the best so far" if self.report == "best" else "that epoch's value",
+            )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -81,7 +107,9 @@ class OptunaTrialReporter(pl.Callback):
             value = trainer.callback_metrics.get(self.monitor)
             if value is not None and math.isfinite(float(value)):
                 self.last_value = float(value)
-                self.trial.report(self.last_value, step=trainer.current_epoch)
+                self.best = self._better(self.best, self.last_value)
+                reported = self.best if self.report == "best" else self.last_value
+                self.trial.report(reported, step=trainer.current_epoch)
                 # after the last epoch there is nothing left to save: the trial completes (and
                 # is tested, and counts as a finished trial for the sampler) whatever the pruner
                 # would say; Optuna's own Lightning callback prunes it here
@@ -99,6 +127,14 @@ class OptunaTrialReporter(pl.Callback):
                 self.monitor,
                 self.last_value,
             )
+
+    def _better(self, a: float | None, b: float) -> float:
+        import optuna
+
+        if a is None:
+            return b
+        maximize = self.trial.study.direction == optuna.study.StudyDirection.MAXIMIZE
+        return max(a, b) if maximize else min(a, b)
 
     def pruned_message(self) -> str:
         return (

@@ -22,6 +22,9 @@ class CXRLabOptunaSweeperConf:
         default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 0}
     )
     pruner: Any = None
+    # what each epoch tells the pruner: "last" (that epoch's validation value) or "best" (the
+    # best so far: the value the trial returns if it stops now)
+    report: str = "last"
     # auto: minimize for loss-like optimized_metric names, maximize otherwise
     direction: str = "auto"
     # a database URL (sqlite:///..., postgresql://...), or null for an in-memory study
