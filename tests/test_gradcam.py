@@ -94,7 +94,7 @@ def test_opposite_classes_light_up_opposite_regions():
         m.net.head.bias.zero_()
     g = torch.Generator().manual_seed(0)
     x = m.to_network_input(torch.randint(0, 256, (1, 1, 128, 128), dtype=torch.uint8, generator=g))
-    cam = GradCAM(m)
+    cam = GradCAM(m, "last", "gradcam")  # the property is classic Grad-CAM's
     h0, h1 = cam(x, 0)[0], cam(x, 1)[0]
     assert np.corrcoef(h0.ravel(), h1.ravel())[0, 1] < 0
     assert h1.flat[h0.argmax()] < 0.05 and h0.flat[h1.argmax()] < 0.05

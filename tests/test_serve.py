@@ -70,7 +70,8 @@ def test_health_and_metadata(served):
     assert meta["model"] == "densenet121_xrv"
     assert meta["input_spec"]["normalization"] == "xrv"
     assert meta["threshold"] is not None and meta["checkpoint"] == str(ckpt)
-    assert meta["gradcam"] == {"layer": "features.denseblock4", "method": "gradcam"}
+    # the default CAM: Grad-CAM++ on the stride-8 stage (docs/serving.md says why)
+    assert meta["gradcam"] == {"layer": "features.denseblock2", "method": "gradcam++"}
     assert httpx.get(f"{url}/docs").status_code == 200
 
 
@@ -196,10 +197,10 @@ def test_gradcam_overlay_through_the_api_and_predict_py(served, tmp_path):
             str(tmp_path / "p.csv"),
             "--gradcam",
             str(out),
-            "--gradcam-layer",
-            "stride8",
+            "--gradcam-layer",  # the classic setting, one option away from the default
+            "last",
             "--gradcam-method",
-            "layercam",
+            "gradcam",
             "--device",
             "cpu",
         ],

@@ -32,24 +32,24 @@ class Predictor:
         model: CXRClassifier,
         device: str | torch.device | None = None,
         gradcam_layer: str | None = None,
-        gradcam_method: str = "gradcam",
+        gradcam_method: str | None = None,
     ):
-        from cxrlab.inference.gradcam import GradCAM
+        from cxrlab.inference.gradcam import DEFAULT_LAYER, DEFAULT_METHOD, GradCAM
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
         # stride32 (last) | stride16 (previous) | stride8 | a module path; see gradcam.py.
         # Checked now, so a wrong --gradcam-layer stops serve.py at start, not a request.
-        GradCAM(self.model, gradcam_layer, gradcam_method)
-        self.gradcam_layer = gradcam_layer
-        self.gradcam_method = gradcam_method
+        self.gradcam_layer = gradcam_layer or DEFAULT_LAYER
+        self.gradcam_method = gradcam_method or DEFAULT_METHOD
+        GradCAM(self.model, self.gradcam_layer, self.gradcam_method)
         self.classes: list[str] = list(model.class_names)
         self.spec = PreprocessSpec(**dict(model.hparams["preprocess"]))
         self.threshold: float | None = model.threshold
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device=None, gradcam_layer=None, gradcam_method="gradcam"
+        cls, path: str | Path, device=None, gradcam_layer=None, gradcam_method=None
     ) -> Predictor:
         return cls(load_model(path), device, gradcam_layer, gradcam_method)
 
@@ -68,9 +68,9 @@ class Predictor:
         method: str | None = None,
     ) -> np.ndarray:
         """Class activation maps (N, S, S) in [0, 1] of each image's given class. ``layer``:
-        ``last``/``stride32`` (default), ``previous``/``stride16``, ``stride8`` or a module
-        path; ``method``: gradcam, gradcam++, hirescam, layercam (inference/gradcam.py).
-        Both default to the predictor's settings."""
+        ``last``/``stride32``, ``previous``/``stride16``, ``stride8`` or a module path;
+        ``method``: gradcam, gradcam++, hirescam, layercam (inference/gradcam.py). Both default
+        to the predictor's settings (unless set: Grad-CAM++ on stride8)."""
         from cxrlab.inference.gradcam import GradCAM
 
         x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(self.device)
@@ -180,20 +180,21 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
 
 def add_gradcam_options(parser) -> None:
     """--gradcam-layer and --gradcam-method, shared by predict.py and serve.py."""
-    from cxrlab.inference.gradcam import METHODS
+    from cxrlab.inference.gradcam import DEFAULT_LAYER, DEFAULT_METHOD, METHODS
 
     parser.add_argument(
         "--gradcam-layer",
-        default=None,
-        help="the stage the heatmap is read from: last = stride32 (default), previous = "
-        "stride16 (twice the resolution), stride8, or a module path (docs/serving.md)",
+        default=DEFAULT_LAYER,
+        help=f"the stage the heatmap is read from: {DEFAULT_LAYER} (default; 1/8 of the input "
+        "size), stride16 = previous, stride32 = last (the classic, coarsest), or a module path "
+        "(docs/serving.md measures which points at lesions)",
     )
     parser.add_argument(
         "--gradcam-method",
-        default="gradcam",
+        default=DEFAULT_METHOD,
         choices=METHODS,
-        help="how activations and gradients are combined (default gradcam; docs/serving.md "
-        "compares them)",
+        help=f"how activations and gradients are combined (default {DEFAULT_METHOD}; the "
+        "classic: --gradcam-layer last --gradcam-method gradcam)",
     )
 
 
