@@ -44,12 +44,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from run import save  # noqa: E402
 
 PRUNERS: dict[str, Callable[[], BasePruner]] = {
-    "median(startup 3, warmup 2) [default]": lambda: MedianPruner(3, 2),
+    "median(startup 3, warmup 2)": lambda: MedianPruner(3, 2),
     "median(startup 3, warmup 1)": lambda: MedianPruner(3, 1),
     "percentile: keep top 25% (startup 3, warmup 1)": lambda: PercentilePruner(25.0, 3, 1),
     "successive halving (min 1, rf 3)": lambda: SuccessiveHalvingPruner(1, 3),
     "successive halving (min 2, rf 2)": lambda: SuccessiveHalvingPruner(2, 2),
     "successive halving (min 2, rf 3)": lambda: SuccessiveHalvingPruner(2, 3),
+    # the default (configs/hparams_search/optuna.yaml), there with --report best
     "successive halving (min 3, rf 2)": lambda: SuccessiveHalvingPruner(3, 2),
     "median(startup 5, warmup 2)": lambda: MedianPruner(5, 2),
     "hyperband (min 1, rf 3)": lambda: HyperbandPruner(min_resource=1, reduction_factor=3),

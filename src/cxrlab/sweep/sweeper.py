@@ -83,7 +83,7 @@ class OptunaSweep:
         plots: bool = True,
         enqueue=None,
         keep_checkpoints: int | None = None,
-        report: str = "last",
+        report: str = "best",
     ):
         self.sampler = sampler
         self.pruner = pruner

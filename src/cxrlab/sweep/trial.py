@@ -57,28 +57,28 @@ REPORTS = ("last", "best")
 
 
 def report_mode() -> str:
-    """``hydra.sweeper.report`` of the sweep this run belongs to ("last" outside a sweep)."""
+    """``hydra.sweeper.report`` of the sweep this run belongs to (default "best")."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        return "last"
-    return str(HydraConfig.get().sweeper.get("report") or "last")
+        return "best"
+    return str(HydraConfig.get().sweeper.get("report") or "best")
 
 
 class OptunaTrialReporter(pl.Callback):
     """Reports the monitored validation metric to the trial after each epoch; prunes (never
     after the last epoch: stopping then saves nothing and would discard a finished trial).
 
-    ``report="last"`` reports each epoch's value; ``"best"`` the best value so far, which is
-    what the trial returns if it stops now (its best checkpoint's value): a trial is then
-    judged by its best epoch, not by a dip of a noisy validation split.
+    ``report="best"`` (the default) reports the best value so far, which is what the trial
+    returns if it stops now (its best checkpoint's value): a trial is judged by its best epoch,
+    not by a dip of a noisy validation split. ``"last"`` reports each epoch's value.
 
     Rank 0 talks to the study; the decision is broadcast so every DDP rank stops together.
     A pruned run stops like an early-stopped one (checkpoints kept); ``train()`` then raises
     ``optuna.TrialPruned`` so the sweeper records the trial as pruned.
     """
 
-    def __init__(self, ref, monitor: str, report: str = "last"):
+    def __init__(self, ref, monitor: str, report: str = "best"):
         if report not in REPORTS:
             raise ValueError(f"hydra.sweeper.report={report!r}: use one of {list(REPORTS)}")
         self.ref = ref

@@ -24,7 +24,7 @@ class CXRLabOptunaSweeperConf:
     pruner: Any = None
     # what each epoch tells the pruner: "last" (that epoch's validation value) or "best" (the
     # best so far: the value the trial returns if it stops now)
-    report: str = "last"
+    report: str = "best"
     # auto: minimize for loss-like optimized_metric names, maximize otherwise
     direction: str = "auto"
     # a database URL (sqlite:///..., postgresql://...), or null for an in-memory study
