@@ -160,9 +160,18 @@ def test_only_the_best_complete_trials_keep_their_checkpoints(tmp_path, directio
     assert with_checkpoints() == [6]
 
 
-@pytest.mark.parametrize("keep", [-1, 1.5, "3", True])
-def test_bad_keep_checkpoints_names_the_key(keep):
-    with pytest.raises(SweepError, match="hydra.sweeper.keep_checkpoints"):
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        *(
+            ({"keep_checkpoints": k}, "hydra.sweeper.keep_checkpoints")
+            for k in (-1, 1.5, "3", True)
+        ),
+        ({"report": "mean"}, "hydra.sweeper.report='mean'"),
+    ],
+)
+def test_bad_sweeper_settings_name_the_key(setting, match):
+    with pytest.raises(SweepError, match=match):
         OptunaSweep(
             sampler=None,
             pruner=None,
@@ -174,22 +183,5 @@ def test_bad_keep_checkpoints_names_the_key(keep):
             params=None,
             max_failures=1,
             heartbeat_interval=None,
-            keep_checkpoints=keep,
-        )
-
-
-def test_bad_report_names_the_key():
-    with pytest.raises(SweepError, match="hydra.sweeper.report='mean'"):
-        OptunaSweep(
-            sampler=None,
-            pruner=None,
-            direction="auto",
-            storage=None,
-            study_name="s",
-            n_trials=1,
-            n_jobs=1,
-            params=None,
-            max_failures=1,
-            heartbeat_interval=None,
-            report="mean",
+            **setting,
         )
