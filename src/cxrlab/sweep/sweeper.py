@@ -110,12 +110,12 @@ class OptunaSweep:
         self.keep_checkpoints = keep_checkpoints
         from cxrlab.sweep.trial import REPORTS
 
+        # checked here, before any trial; each training run reads it from its Hydra config
         if report not in REPORTS:
             raise SweepError(
                 f"hydra.sweeper.report={report!r}: use last (each epoch's validation value) or "
                 "best (the best so far, what the trial returns if it stops now)"
             )
-        self.report = report
         self.launcher: Launcher | None = None
         self.config: DictConfig | None = None
 
