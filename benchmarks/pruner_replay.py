@@ -9,10 +9,11 @@ stored. The replay feeds those curves, trial by trial in their original order, t
 below (a fresh in-memory study per pruner and source study; as in a sweep, the pruner is not
 asked after the last epoch) and records which trials it would have stopped and after how many
 epochs. `--report best` feeds each curve's best value so far instead of each epoch's (what
-`hydra.sweeper.report=best` tells the pruner). Reported per pruner: the epochs it would have trained (against all of them), whether it
-would have kept each study's best trial, how many trials it stops that would have become the
-best so far (with TPE these change every later proposal: the sampler builds on its best
-trials), and the best value among the trials it lets finish (minus the study's best).
+`hydra.sweeper.report=best`, the default, tells the pruner). Reported per pruner: the epochs it
+would have trained (against all of them), whether it would have kept each study's best trial,
+how many trials it stops that would have become the best so far (with TPE these change every
+later proposal: the sampler builds on its best trials), and the best value among the trials it
+lets finish (minus the study's best).
 
 What a replay cannot show: in a real pruned sweep the sampler learns from truncated curves and
 proposes other parameters after the first pruned trial (docs/sweeps.md measures that with
