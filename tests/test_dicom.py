@@ -109,3 +109,17 @@ def test_bad_dicoms_say_why(tmp_path):
     cut.write_bytes(good.read_bytes()[:-2000])
     with pytest.raises(UnreadableImageError, match="cut.dcm"):
         read_image(cut)
+
+
+def test_a_real_chest_cr_matches_read_xray_dcm_with_voi_lut():
+    """NEMA's RG1 (pydicom-data): a real PA chest CR, MONOCHROME1, 15 bits, with a window.
+    cxrlab applies the window, so it equals read_xray_dcm(voi_lut=True), uncompressed and
+    JPEG 2000 alike; xrv's default (voi_lut=False) ignores the window and differs."""
+    from pydicom.data import get_testdata_file
+
+    for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"):
+        p = get_testdata_file(name)
+        arr, _ = read_image(p)
+        assert arr.shape == (1955, 1841)
+        np.testing.assert_allclose(arr * 2048 - 1024, xrv_read(p, voi_lut=True), atol=1e-2)
+        assert np.abs(arr * 2048 - 1024 - xrv_read(p)).max() > 100

@@ -86,7 +86,6 @@ def test_train_py_on_a_folder_of_images(class_folders, tmp_path):
     run_train(
         tmp_path,
         "data=folder",
-        "~data.source.num_patients",  # debug=default sizes the phantom
         f"data.source.root={class_folders}",
         f"data.source.patient_regex='{PHANTOM_PATIENT}'",
         "evaluation.bootstrap=20",
@@ -95,7 +94,13 @@ def test_train_py_on_a_folder_of_images(class_folders, tmp_path):
 
 
 def test_a_setting_the_source_does_not_have_is_named(class_folders, tmp_path):
-    proc = run_train(tmp_path, "data=folder", f"data.source.root={class_folders}", check=False)
+    proc = run_train(
+        tmp_path,
+        "data=folder",
+        f"data.source.root={class_folders}",
+        "+data.source.num_patients=60",  # a phantom setting
+        check=False,
+    )
     assert proc.returncode != 0
     assert "['num_patients'] are not settings of the folder source" in proc.stderr
 
@@ -176,3 +181,54 @@ def test_empty_class_folder_is_named(class_folders, tmp_path):
     (root / "covid" / ".DS_Store").write_text("")
     with pytest.raises(SourceError, match=r"class folders \['covid'\] hold no images"):
         folder.index(root, task="multiclass")
+
+
+# ---------------------------------------------------------------- junk and DICOM names
+def test_junk_in_a_kaggle_class_folder_is_skipped_and_counted(tiny_phantom, tmp_path):
+    """What real downloads and user copies hold beside the images, in either class folder."""
+    import cv2
+    import numpy as np
+
+    from cxrlab.data.sources import kaggle_pneumonia
+
+    root = tmp_path / "kaggle"
+    shutil.copytree(tiny_phantom, root)
+    clean, _ = kaggle_pneumonia.index(tiny_phantom)
+    ok, jpeg = cv2.imencode(".jpeg", np.full((64, 64), 100, np.uint8))
+    for folder in ("NORMAL", "PNEUMONIA"):
+        d = root / "chest_xray" / "train" / folder
+        (d / "empty.jpeg").write_bytes(b"")  # a name no pattern knows, an empty file
+        (d / "notes.txt").write_text("downloaded from kaggle")
+        (d / "._person1_bacteria_1.jpeg").write_bytes(b"\0" * 10)  # macOS resource fork
+    (root / "chest_xray" / "train" / "PNEUMONIA" / "IMG_0042.jpeg").write_bytes(jpeg.tobytes())
+    df, _ = kaggle_pneumonia.index(root)
+    dropped = df.attrs["dropped"]
+    assert dropped[kaggle_pneumonia.NO_PATIENT] == 2  # empty.jpeg and IMG_0042 in PNEUMONIA/
+    assert dropped["not an image file (.txt, no DICOM preamble)"] == 2
+    assert dropped["hidden or system file"] == 2
+    # NORMAL/empty.jpeg has a usable name (its own patient): it stays for the cache build to
+    # find unreadable and count; nothing else was added
+    extra = sorted(Path(p).name for p in set(df["path"]) - set(clean["path"].str.replace(
+        str(tiny_phantom), str(root), regex=False)))  # fmt: skip
+    assert extra == ["empty.jpeg"]
+    # a wrong layout is still an error
+    with pytest.raises(SourceError, match="chest_xray"):
+        kaggle_pneumonia.index(tmp_path)
+
+
+def test_dicom_named_by_uid_is_found_in_folders_and_by_predict(class_folders, tmp_path):
+    """DICOM exports are often named by UID with no suffix: found by their preamble."""
+    from pydicom.data import get_testdata_file
+
+    from cxrlab.inference.predictor import expand_inputs
+
+    root = tmp_path / "images"
+    shutil.copytree(class_folders, root)
+    uid = "1.2.826.0.1.3680043.8.1055.1.20111103111148288.98361414.79379639"
+    shutil.copy(get_testdata_file("RG1_UNCR.dcm"), root / "pneumonia" / uid)
+    (root / "pneumonia" / "README").write_text("no image")
+    df, _ = folder.index(root)
+    assert (root / "pneumonia" / uid).resolve().as_posix() in set(df["path"])
+    assert df.attrs["dropped"]["not an image file (no suffix, no DICOM preamble)"] == 1
+    found = expand_inputs([str(root / "pneumonia")])
+    assert str(root / "pneumonia" / uid) in found and not any(f.endswith("README") for f in found)

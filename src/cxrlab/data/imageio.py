@@ -180,6 +180,54 @@ def _looks_like_dicom(p: Path, head: bytes | None = None) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
+
+
+def image_kind(path: str | Path) -> str | None:
+    """None when ``path`` can be an image cxrlab reads, else why not (a short reason).
+
+    By suffix for bitmaps and ``.dcm``/``.dicom``; a file with any other suffix, or none
+    (DICOM exports are often named by UID), counts when its content is DICOM (the ``DICM``
+    preamble), so discovery and reading follow the same rule.
+    """
+    p = Path(path)
+    name = p.name
+    if name.startswith(".") or name.lower() in SYSTEM_FILES:
+        return "hidden or system file"
+    suffix = p.suffix.lower()
+    if suffix in SUPPORTED_SUFFIXES:
+        return None
+    try:
+        if _looks_like_dicom(p):
+            return None
+    except OSError:
+        return "not readable"
+    return f"not an image file ({suffix or 'no suffix'}, no DICOM preamble)"
+
+
+def scan_images(folder: str | Path, recursive: bool = True) -> tuple[list[Path], dict[str, int]]:
+    """Image files under ``folder`` (sorted) and ``{reason: count}`` of the files left out.
+
+    Hidden folders are not entered. A wrong layout is the caller's to judge; this only sorts
+    the files it finds into images and junk (readme files, stray archives, ``.DS_Store``).
+    """
+    import os
+
+    images: list[Path] = []
+    skipped: dict[str, int] = {}
+    folder = Path(folder)
+    for base, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        for n in names:
+            f = Path(base) / n
+            reason = image_kind(f)
+            if reason is None:
+                images.append(f)
+            else:
+                skipped[reason] = skipped.get(reason, 0) + 1
+    return sorted(images), skipped
+
+
 def read_header(path: str | Path) -> dict:
     """Size and pixel format from the file's header only (no pixel decoding).
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrlab.data.imageio import SUPPORTED_SUFFIXES, UnreadableImageError
+from cxrlab.data.imageio import UnreadableImageError, scan_images
 from cxrlab.data.preprocess import PreprocessSpec, load_preprocessed
 from cxrlab.evaluation.run import load_model
 from cxrlab.models.module import CXRClassifier
@@ -163,11 +163,8 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out += sorted(
-                str(f)
-                for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES
-            )
+            # by suffix, and DICOM by content (exports are often named by UID, no suffix)
+            out += [str(f) for f in scan_images(p)[0]]
         elif p.exists():
             out.append(str(p))
         else:

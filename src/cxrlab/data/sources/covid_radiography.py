@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlab.data.imageio import SUPPORTED_SUFFIXES
+from cxrlab.data.imageio import scan_images
 from cxrlab.data.sources import SourceError, note_dropped, validate_manifest
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,14 @@ def index(root: str | Path, task: str = "multiclass", classes: list[str] | None 
         )
     if task == "binary" and len(classes) != 2:
         raise SourceError(f"data.task=binary needs two classes, got {classes}")
-    rows, left_out = [], 0
+    rows, left_out, dropped = [], 0, {}
     for folder, label in FOLDERS.items():
         images = base / folder / "images"
         images = images if images.is_dir() else base / folder
-        files = [f for f in sorted(images.iterdir())
-                 if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES
-                 and not f.name.startswith(".")]  # fmt: skip
+        files, junk = scan_images(images, recursive=False)
+        if label in classes:
+            for reason, n in junk.items():
+                dropped[reason] = dropped.get(reason, 0) + n
         if label not in classes:
             left_out += len(files)
             continue
@@ -71,5 +72,7 @@ def index(root: str | Path, task: str = "multiclass", classes: list[str] | None 
         "covid_radiography publishes no patient ids: each image counts as its own patient, so "
         "a patient with several images may appear in two splits (see docs/datasets.md)"
     )
-    df = note_dropped(pd.DataFrame(rows), {"class not in data.source.classes": left_out})
+    df = note_dropped(
+        pd.DataFrame(rows), {**dropped, "class not in data.source.classes": left_out}
+    )
     return validate_manifest(df, classes, "covid_radiography"), classes

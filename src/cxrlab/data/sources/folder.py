@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlab.data.imageio import SUPPORTED_SUFFIXES
-from cxrlab.data.sources import SourceError, validate_manifest
+from cxrlab.data.imageio import SUPPORTED_SUFFIXES, scan_images
+from cxrlab.data.sources import SourceError, note_dropped, validate_manifest
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,13 @@ def index(
             f"{root}: data.task=binary needs two classes, found {classes}: use data.task="
             "multiclass or data.source.classes=[negative,positive]"
         )
-    rows = []
+    rows, dropped = [], {}
     for c in classes:
-        for f in sorted((root / c).rglob("*")):
-            if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES and not f.name.startswith("."):
-                rows.append({"path": str(f.resolve()), "label": c, "name": f.stem})
+        # DICOM files named by UID (no suffix) are recognized by content; junk is counted
+        files, junk = scan_images(root / c)
+        for reason, n in junk.items():
+            dropped[reason] = dropped.get(reason, 0) + n
+        rows += [{"path": str(f.resolve()), "label": c, "name": f.stem} for f in files]
     df = pd.DataFrame(rows, columns=["path", "label", "name"])
     empty = [c for c in classes if not (df["label"] == c).any()]
     if empty:
@@ -73,4 +75,5 @@ def index(
             "add images or leave the class out with data.source.classes"
         )
     df["patient_id"] = patients_from_names(df["name"].tolist(), patient_regex, str(root))
-    return validate_manifest(df.drop(columns="name"), classes, "folder"), classes
+    df = note_dropped(df.drop(columns="name"), dropped)
+    return validate_manifest(df, classes, "folder"), classes

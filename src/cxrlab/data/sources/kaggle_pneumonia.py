@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlab.data.imageio import SUPPORTED_SUFFIXES
-from cxrlab.data.sources import SourceError, validate_manifest
+from cxrlab.data.imageio import scan_images
+from cxrlab.data.sources import SourceError, note_dropped, validate_manifest
 
 TASKS = {
     "binary": ["normal", "pneumonia"],
@@ -21,6 +21,7 @@ TASKS = {
 }
 _PNEUMONIA = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
 _NORMAL = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)-\d+", re.IGNORECASE)
+NO_PATIENT = "PNEUMONIA file name without a patient id (expected person<N>_<bacteria|virus>_<M>)"
 
 
 def parse_name(name: str, folder: str) -> tuple[str, str]:
@@ -46,19 +47,26 @@ def index(root: str | Path, task: str = "binary") -> tuple[pd.DataFrame, list[st
             f"{base} does not exist: expected the Kaggle layout chest_xray/{{train,val,test}}/"
             "{NORMAL,PNEUMONIA}/. Get it with `python download_data.py kaggle_pneumonia`."
         )
-    rows = []
+    rows, dropped = [], {}
     for split in ("train", "val", "test"):
         for folder in ("NORMAL", "PNEUMONIA"):
             d = base / split / folder
             if not d.is_dir():
                 continue
-            for f in sorted(d.iterdir()):
-                if f.suffix.lower() not in SUPPORTED_SUFFIXES or f.name.startswith("."):
-                    continue  # .DS_Store, Thumbs.db and friends
-                patient, subtype = parse_name(f.name, folder)
+            # junk (readme files, .DS_Store, stray copies) is left out and counted, whatever
+            # its name; only a missing chest_xray/ folder or no images at all is a layout error
+            files, junk = scan_images(d, recursive=False)
+            for reason, n in junk.items():
+                dropped[reason] = dropped.get(reason, 0) + n
+            for f in files:
+                try:
+                    patient, subtype = parse_name(f.name, folder)
+                except SourceError:
+                    dropped[NO_PATIENT] = dropped.get(NO_PATIENT, 0) + 1
+                    continue
                 label = subtype if task == "multiclass" else (
                     "normal" if subtype == "normal" else "pneumonia")
                 rows.append({"path": str(f.resolve()), "label": label, "patient_id": patient,
                              "subtype": subtype, "official_split": split, "view": "PA"})
-    df = pd.DataFrame(rows)
+    df = note_dropped(pd.DataFrame(rows), dropped)
     return validate_manifest(df, TASKS[task], "kaggle_pneumonia"), TASKS[task]
