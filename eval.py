@@ -5,10 +5,13 @@ from pathlib import Path
 
 import hydra
 
+from cxrlab.errors import exit_on_user_error
+
 os.environ.setdefault("CXRLAB_ROOT", str(Path(__file__).resolve().parent))
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval.yaml")
+@exit_on_user_error
 def main(cfg):
     from cxrlab.evaluation.run import evaluate
 

@@ -57,6 +57,10 @@ def test_template_is_the_original_systems_recipe(tmp_path):
         ("data.split.ratios.val=0.3", "data.split.ratios"),
         ("optimized_metric=test/auroc", "optimized_metric"),
         ("data.on_bad_file=ignore", "data.on_bad_file"),
+        ("data.batch_size=abc", "data.batch_size"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("trainer.max_epochs=-5", "trainer.max_epochs"),
+        ("evaluation.threshold=1.5", "evaluation.threshold"),
     ],
 )
 def test_bad_values_name_the_key(override, key, tmp_path):
@@ -114,3 +118,51 @@ def test_checkpoint_and_early_stopping_follow_the_metric_direction(metric, mode,
     assert (ckpt.monitor, ckpt.mode) == (metric, mode)
     assert stop.monitor == metric
     assert stop.monitor_op(torch.tensor(0.0), torch.tensor(1.0)) == (mode == "min")
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_debug_shrinks_the_run_with_any_data_source(data, tmp_path):
+    """debug=default sets nothing in data.source: it composes and validates with every source,
+    and the source's settings are those of data=<name> alone."""
+    alone = compose_train([f"data={data}"], tmp_path)
+    cfg = compose_train([f"data={data}", "debug=default"], tmp_path)
+    validate(cfg)
+    assert cfg.data.source == alone.data.source
+    assert cfg.trainer.limit_train_batches == 3 and cfg.data.preprocess.size == 32
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["model.backbone=vgg11"], "model.backbone='vgg11'"),
+        (["evaluation.threshold=sensitivity:1.5"], "evaluation.threshold='sensitivity:1.5'"),
+        (["data=folder", "data.source.root=/no/such/folder"], "data.source.root=/no/such/folder"),
+        (["data.batch_size=abc"], "data.batch_size='abc'"),
+        (["trainer.max_epochs=-5"], "trainer.max_epochs=-5"),
+        (["ckpt_path=/no/such/last.ckpt"], "ckpt_path=/no/such/last.ckpt"),
+    ],
+)
+def test_mistakes_end_in_one_line_and_status_2_before_any_work(overrides, key, tmp_path, capsys):
+    """What train.py does with a user's mistake: one line naming the key and value on stderr,
+    exit status 2, no traceback on the screen (it goes to the log file), nothing built."""
+    import logging
+
+    from cxrlab.errors import exit_on_user_error
+    from cxrlab.training import train
+
+    cfg = compose_train(["debug=default", f"paths.data_dir={tmp_path / 'data'}", *overrides],
+                        tmp_path)  # fmt: skip
+    log_file = tmp_path / "train.log"
+    handler = logging.FileHandler(log_file)
+    logging.getLogger().addHandler(handler)
+    try:
+        with pytest.raises(SystemExit) as e:
+            exit_on_user_error(train)(cfg)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: ") and key in err and len(err.splitlines()) == 1, err
+    assert "Traceback" in log_file.read_text()
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()

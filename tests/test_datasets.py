@@ -161,7 +161,7 @@ def test_rsna_full_label_file_and_shipped_views():
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_train_and_eval_on_each_dataset(name, datasets, tmp_path):
     root, _ = datasets[name]
-    run_train(tmp_path, f"data={name}", "~data.source.num_patients", f"data.source.root={root}",
+    run_train(tmp_path, f"data={name}", f"data.source.root={root}",
               "evaluation.bootstrap=20", "model=resnet18")  # fmt: skip
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["images"] > 0

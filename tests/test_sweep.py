@@ -18,6 +18,8 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "debug=default",
+    "data.source.num_patients=60",  # a small phantom, all of it
+    "data.dataset_size=null",
     "evaluation.bootstrap=50",
     "hydra.sweeper.params=null",  # each test names its own (small) search space
     "hydra.sweeper.plots=false",

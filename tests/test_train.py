@@ -38,7 +38,12 @@ def run_script(script: str, tmp: Path, run_dir: str, overrides, check: bool):
 
 
 def run_train(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run_script("train.py", tmp, "run", ["debug=default", *overrides], check)
+    """train.py with debug=default on the tests' own small data: all of it (no 120-image
+    subset), and for the phantom a 60-patient one (later overrides win)."""
+    base = ["debug=default", "data.dataset_size=null"]
+    if not any(o.startswith("data=") for o in overrides):
+        base.append("data.source.num_patients=60")
+    return run_script("train.py", tmp, "run", [*base, *overrides], check)
 
 
 def run_eval(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -300,6 +305,7 @@ def test_train_returns_the_best_checkpoints_validation_metric(tmp_path):
     cfg = compose_train(
         [
             "debug=default",
+            "data.dataset_size=null",
             "trainer.max_epochs=3",
             "data.source.num_patients=40",
             f"paths.data_dir={tmp_path / 'data'}",

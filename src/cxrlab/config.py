@@ -8,6 +8,7 @@ from cxrlab.data.augment import AUGMENT_DEVICES, AugmentConfig
 from cxrlab.data.datamodule import BAD_FILE_POLICIES, SAMPLERS, SOURCES, SPLIT_POLICIES
 from cxrlab.data.preprocess import PreprocessSpec
 from cxrlab.data.selection import check_ratios
+from cxrlab.errors import UserError
 from cxrlab.evaluation.thresholds import parse_policy
 from cxrlab.models.backbones import check_backbone
 from cxrlab.models.finetune import FinetuneConfig
@@ -15,7 +16,7 @@ from cxrlab.models.losses import LOSSES
 from cxrlab.models.module import OPTIMIZERS, SCHEDULERS
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     pass
 
 
@@ -24,9 +25,61 @@ def _choice(value, allowed, key: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: use one of {list(allowed)}")
 
 
+def _integer(value, key: str, minimum: int, hint: str) -> int:
+    """``value`` as an int >= ``minimum``, or a ConfigError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        ok = False
+    else:
+        try:
+            value, ok = int(value), True
+        except ValueError:
+            ok = False
+    if not ok or value < minimum:
+        raise ConfigError(f"{key}={value!r}: {hint}")
+    return value
+
+
+def check_trainer(trainer) -> None:
+    """The Trainer settings a user types most, before data and model are built (Lightning
+    itself only checks them when the Trainer starts, after the data work)."""
+    if trainer is None:
+        return
+    if trainer.get("max_epochs") is not None:
+        _integer(trainer.max_epochs, "trainer.max_epochs", -1,
+                 "use a positive number of epochs (-1: no limit)")  # fmt: skip
+    if trainer.get("min_epochs") is not None:
+        _integer(trainer.min_epochs, "trainer.min_epochs", 0, "use 0 or more epochs")
+    for key in ("check_val_every_n_epoch", "accumulate_grad_batches", "log_every_n_steps"):
+        if trainer.get(key) is not None:
+            _integer(trainer[key], f"trainer.{key}", 1, "use a whole number >= 1")
+
+
+def check_data_root(source) -> None:
+    """A dataset that is not where ``data.source.root``/``file`` says, named before any work
+    (apart from ``validate``: that one checks a config, this one the machine it runs on)."""
+    from pathlib import Path
+
+    if source.get("name") == "synthetic":  # generated on first use
+        return
+    for key in ("file", "root"):
+        value = source.get(key)
+        if value is not None and not Path(str(value)).exists():
+            raise ConfigError(
+                f"data.source.{key}={value}: no such {'file' if key == 'file' else 'folder'}. "
+                f"Point it at the dataset (data.source.{key}=/path/to/it) or get the dataset "
+                "with `python download_data.py --list`"
+            )
+
+
 def validate(cfg: DictConfig) -> None:
     try:
         data, model = cfg.data, cfg.model
+        _integer(data.batch_size, "data.batch_size", 1, "use a whole number of images >= 1")
+        if data.get("eval_batch_size") is not None:
+            _integer(data.eval_batch_size, "data.eval_batch_size", 1,
+                     "use a whole number of images >= 1 (or null: data.batch_size)")  # fmt: skip
+        _integer(data.num_workers, "data.num_workers", 0, "use 0 (no loader processes) or more")
+        check_trainer(cfg.get("trainer"))
         _choice(data.source.name, SOURCES, "data.source.name")
         _choice(data.split.policy, SPLIT_POLICIES, "data.split.policy")
         _choice(data.on_bad_file, BAD_FILE_POLICIES, "data.on_bad_file")

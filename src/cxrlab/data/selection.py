@@ -12,12 +12,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from cxrlab.errors import UserError
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
 
-class SelectionError(ValueError):
+class SelectionError(UserError):
     """A selection setting that the data cannot satisfy; the message names the config key."""
 
 

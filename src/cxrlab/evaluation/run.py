@@ -16,13 +16,14 @@ import torch
 from omegaconf import DictConfig
 
 from cxrlab.data.datamodule import CXRDataModule
+from cxrlab.errors import UserError
 from cxrlab.models.module import CXRClassifier
 from cxrlab.training import instantiate_group, write_split_report
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     pass
 
 

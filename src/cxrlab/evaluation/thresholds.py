@@ -2,7 +2,8 @@
 
 Policies (``evaluation.threshold``):
 - ``youden``: maximize sensitivity + specificity - 1;
-- ``sensitivity=0.95``: the highest specificity among thresholds with sensitivity >= 0.95;
+- ``sensitivity=0.95`` (or ``sensitivity:0.95``, which needs no quotes on a command line): the
+  highest specificity among thresholds with sensitivity >= 0.95;
 - ``precision=0.9``: the highest sensitivity among thresholds with precision (PPV) >= 0.9;
 - ``fixed=0.5`` (or a bare number): that threshold.
 Candidates are the observed scores (a sample is positive when p >= t). Ties are broken towards
@@ -13,19 +14,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxrlab.errors import UserError
 
-class ThresholdPolicyError(ValueError):
+
+class ThresholdPolicyError(UserError):
     pass
 
 
 def parse_policy(policy: str | float) -> tuple[str, float | None]:
     if isinstance(policy, (int, float)):
-        return "fixed", float(policy)
+        policy = f"fixed={policy}"
     text = str(policy).strip()
     if text == "youden":
         return "youden", None
-    if "=" in text:
-        name, value = text.split("=", 1)
+    # sensitivity:0.95 is the same policy as sensitivity=0.95 and needs no quoting on a
+    # command line (Hydra's override grammar takes no unquoted "=" in a value)
+    sep = "=" if "=" in text else ":" if ":" in text else None
+    if sep:
+        name, value = text.split(sep, 1)
         if name in ("sensitivity", "precision", "fixed"):
             try:
                 v = float(value)
@@ -39,7 +45,8 @@ def parse_policy(policy: str | float) -> tuple[str, float | None]:
                 )
             return name, v
     try:
-        return "fixed", float(text)
+        float(text)
+        return parse_policy(f"fixed={text}")
     except ValueError:
         raise ThresholdPolicyError(
             f"evaluation.threshold={policy!r}: use youden, sensitivity=<x>, precision=<x> or "

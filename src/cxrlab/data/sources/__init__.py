@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import pandas as pd
 
+from cxrlab.errors import UserError
+
 REQUIRED_COLUMNS = ("path", "label", "patient_id")
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """The dataset on disk does not match the layout its source expects."""
 
 
