@@ -195,8 +195,8 @@ def test_junk_in_a_kaggle_class_folder_is_skipped_and_counted(tiny_phantom, tmp_
     shutil.copytree(tiny_phantom, root)
     clean, _ = kaggle_pneumonia.index(tiny_phantom)
     ok, jpeg = cv2.imencode(".jpeg", np.full((64, 64), 100, np.uint8))
-    for folder in ("NORMAL", "PNEUMONIA"):
-        d = root / "chest_xray" / "train" / folder
+    for cls in ("NORMAL", "PNEUMONIA"):
+        d = root / "chest_xray" / "train" / cls
         (d / "empty.jpeg").write_bytes(b"")  # a name no pattern knows, an empty file
         (d / "notes.txt").write_text("downloaded from kaggle")
         (d / "._person1_bacteria_1.jpeg").write_bytes(b"\0" * 10)  # macOS resource fork
