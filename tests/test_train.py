@@ -117,29 +117,68 @@ def test_fast_dev_run_through_train_py(tmp_path):
     assert (tmp_path / "run" / "test_metrics.json").is_file()
 
 
-def test_resume_from_last_checkpoint(tmp_path):
-    run_train(
-        tmp_path,
-        "trainer.max_epochs=1",
-        "data.source.num_patients=40",
-        "callbacks.early_stopping=null",
-    )
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    first = torch.load(last, weights_only=False, map_location="cpu")
-    assert first["epoch"] == 0 and first["global_step"] == 3  # debug: 3 batches an epoch
-    proc = run_train(
-        tmp_path,
-        "trainer.max_epochs=2",
-        "data.source.num_patients=40",
-        f"ckpt_path={last}",
-        "callbacks.early_stopping=null",
-    )
-    out = proc.stdout + proc.stderr
+def test_a_sigkilled_run_resumes_as_one_run(tmp_path):
+    """SIGKILL in the 3rd epoch, then the README's resume command: the run goes on in its own
+    folder from the end of the 2nd epoch, keeps the best checkpoint of the whole run and tests
+    it, and its CSV log and W&B run read as one run."""
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", CXRLAB_ROOT=str(ROOT),
+               PYTHONPATH=str(ROOT / "tests"))  # fmt: skip
+    base = [
+        sys.executable, str(ROOT / "train.py"), "debug=default", "data.dataset_size=null",
+        "data.source.num_patients=60", f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.log_dir={tmp_path / 'logs'}", "trainer.max_epochs=4",
+        "callbacks.early_stopping=null", "logger=[csv,wandb]", "evaluation.bootstrap=20",
+    ]  # fmt: skip
+    killed = subprocess.run(
+        [*base, "+callbacks.kill._target_=faults.KillAt", "+callbacks.kill.epoch=2",
+         "+callbacks.kill.batch=1"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    (run,) = (tmp_path / "logs" / "debug" / "runs").iterdir()
+    last = run / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=False, map_location="cpu")
+    assert state["epoch"] == 1 and state["global_step"] == 6  # lost: only the running epoch
+    assert not list(run.glob("checkpoints/.*.tmp"))
+
+    resumed = subprocess.run([*base, f"ckpt_path={last}"], env=env, capture_output=True,
+                             text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    out = resumed.stdout + resumed.stderr
     assert "Restored all states from the checkpoint" in out
-    assert "Epoch 1/1" in out and "Epoch 0/1" not in out  # continued; did not start over
-    resumed = torch.load(last, weights_only=False, map_location="cpu")
-    assert resumed["global_step"] == 6  # the optimizer steps of both epochs, counted once
-    assert resumed["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 2
+    assert list((tmp_path / "logs" / "debug" / "runs").iterdir()) == [run]  # its own folder
+    final = torch.load(last, weights_only=False, map_location="cpu")
+    assert final["global_step"] == 12  # four epochs of 3 optimizer steps, counted once
+
+    csv = pd.read_csv(run / "csv" / "metrics.csv")
+    val = csv.dropna(subset=["val/auroc"])
+    assert sorted(val["epoch"].astype(int)) == [0, 1, 2, 3]  # each epoch once
+    best_epoch = int(val.loc[val["val/auroc"].idxmax(), "epoch"])  # first of equal maxima
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False, map_location="cpu")
+    assert best["epoch"] == best_epoch  # the best of all four epochs, before or after the kill
+    tested = json.loads((run / "test_metrics.json").read_text())
+    assert Path(tested["checkpoint"]) == run / "checkpoints" / "best.ckpt"
+    ids = {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")}
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1
+    log = (run / "train.log").read_text()
+    assert log.count("Selecting data") == 2 and "Resuming from" in log  # one log, both parts
+
+
+def test_checkpoints_are_written_atomically(tmp_path):
+    """A write that dies half-way (here: an object that fails to pickle) leaves the previous
+    checkpoint whole and no temporary file."""
+    from cxrlab.utils.checkpoints import atomic_torch_save
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("killed mid-write")
+
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"epoch": 1, "w": torch.zeros(1000)}, path)
+    with pytest.raises(RuntimeError, match="mid-write"):
+        atomic_torch_save({"epoch": 2, "w": torch.zeros(1000), "x": Unpicklable()}, path)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 @pytest.mark.parametrize(

@@ -18,11 +18,15 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.loggers import CSVLogger
 
-from cxrlab.config import validate
+from cxrlab.config import ConfigError, check_data_root, validate
 from cxrlab.data.datamodule import CXRDataModule
 from cxrlab.evaluation.report import headline, write_report
 from cxrlab.evaluation.thresholds import choose_threshold
+from cxrlab.utils.checkpoints import AtomicCheckpointIO, atomic_torch_save
+from cxrlab.utils.loggers import continue_csv_log
 from cxrlab.utils.nested import flatten
 
 log = logging.getLogger(__name__)
@@ -40,13 +44,16 @@ def instantiate_group(cfg: DictConfig | None) -> list:
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Run one training (and test) run; returns (metrics, objects)."""
     validate(cfg)
+    check_data_root(cfg.data.source)
+    if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file")
     out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
     log.info("Selecting data <%s>", cfg.data.source.name)
     augment = OmegaConf.to_container(cfg.augment, resolve=True)
     dm: CXRDataModule = hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all")
-    manifest = dm.select()  # cheap, so wrong settings fail before any real work
+    dm.select()  # cheap, so wrong settings fail before any real work
     model = hydra.utils.instantiate(
         cfg.model,
         class_names=dm.classes,
@@ -55,22 +62,41 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         augment=augment,
         _convert_="all",
     )
+    resumed = resume_point(cfg.get("ckpt_path")) if cfg.get("train", True) else None
+    logger_cfg = name_trial_runs(cfg.get("logger"), cfg.get("optuna_trial"))
+    if resumed is not None:
+        logger_cfg = continue_logger_runs(logger_cfg, out_dir)
+    loggers = instantiate_group(logger_cfg)
+    if resumed is not None:
+        for lg in loggers:
+            if isinstance(lg, CSVLogger):
+                continue_csv_log(lg, *resumed)
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if not loggers:
+        # logger=[] or ~logger (as lightning-hydra-template's sweeps pass): nothing to log
+        # learning rates to, and Lightning refuses a LearningRateMonitor without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        log.info("No logger (logger=[]): metrics go to train.log and the report only")
     reporter = None
     if cfg.get("optuna_trial"):
         from cxrlab.sweep.trial import OptunaTrialReporter, report_mode
 
         reporter = OptunaTrialReporter(cfg.optuna_trial, str(cfg.optimized_metric), report_mode())
         callbacks.append(reporter)
-    loggers = instantiate_group(name_trial_runs(cfg.get("logger"), cfg.get("optuna_trial")))
     trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        # a kill while a checkpoint is written leaves the previous one whole
+        plugins=[AtomicCheckpointIO()],
     )
 
+    # decode the selection now (the cache; reused when it exists), so splits.csv says which
+    # images the run uses and which it skips as unreadable, exactly as explore.py reports them
+    splits = dm.splits_frame()
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
-        cols = [c for c in ("path", "patient_id", "label", "split") if c in manifest]
-        manifest[cols].to_csv(out_dir / "splits.csv", index=False)
+        splits.to_csv(out_dir / "splits.csv", index=False)
     hparams = flatten(OmegaConf.to_container(cfg, resolve=True))
     for lg in loggers:
         lg.log_hyperparams(hparams)
@@ -89,6 +115,34 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
         raise optuna.TrialPruned(reporter.pruned_message())
     return metrics, {"trainer": trainer, "model": model, "datamodule": dm}
+
+
+def resume_point(ckpt_path: str | None) -> tuple[int, int] | None:
+    """(epoch, global step) that a resumed run starts after, or None for a fresh run."""
+    if not ckpt_path:
+        return None
+    state = torch.load(str(ckpt_path), map_location="cpu", weights_only=False, mmap=True)
+    epoch, step = int(state.get("epoch", -1)), int(state.get("global_step", 0))
+    log.info("Resuming from %s (after epoch %d, step %d)", ckpt_path, epoch, step)
+    return epoch, step
+
+
+def continue_logger_runs(logger_cfg: DictConfig | None, out_dir: Path) -> DictConfig | None:
+    """A resumed run logs on into the W&B run its first part started (same run id)."""
+    if not logger_cfg:
+        return logger_cfg
+    from cxrlab.utils.loggers import previous_wandb_id
+
+    logger_cfg = logger_cfg.copy()
+    with open_dict(logger_cfg):
+        for conf in logger_cfg.values():
+            target = str(conf.get("_target_", "")) if isinstance(conf, DictConfig) else ""
+            if target.endswith("wandb_logger") or target.endswith("WandbLogger"):
+                run_id = conf.get("id") or previous_wandb_id(out_dir)
+                if run_id:
+                    conf.id = run_id
+                    log.info("W&B: continuing run %s", run_id)
+    return logger_cfg
 
 
 LIGHTNING_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -258,7 +312,7 @@ def _update_checkpoint(trainer: pl.Trainer, ckpt: str | None, extra: dict) -> No
     if ckpt and trainer.is_global_zero:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         state["cxrlab"] = {**state.get("cxrlab", {}), **extra}
-        torch.save(state, ckpt)
+        atomic_torch_save(state, ckpt)
     trainer.strategy.barrier("cxrlab-checkpoint")
 
 

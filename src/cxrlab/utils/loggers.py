@@ -64,3 +64,43 @@ def mlflow_logger(tracking_uri: str, experiment_name: str = "cxrlab", **kwargs):
     elif kwargs.get("artifact_location"):
         kwargs["artifact_location"] = None  # a server keeps artifacts where it is configured to
     return MLFlowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, **kwargs)
+
+
+def previous_wandb_id(run_dir: str | Path) -> str | None:
+    """The W&B run id that an earlier part of this run folder logged to (online or offline)."""
+    runs = sorted((Path(run_dir) / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+    runs = [p for p in runs if p.is_dir() and p.name != "latest-run"]
+    return runs[-1].name.rsplit("-", 1)[1] if runs else None
+
+
+def continue_csv_log(logger, last_epoch: int, global_step: int) -> int:
+    """Keep a CSVLogger's ``metrics.csv`` across a resume: the rows up to the checkpoint stay,
+    the rows of the epoch that was cut off go (it runs again), new rows are appended.
+
+    Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts; this restores
+    the kept rows right after it did. Returns how many rows were kept.
+    """
+    import csv
+
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
+
+    def before_checkpoint(row: dict) -> bool:
+        epoch, step = row.get("epoch", ""), row.get("step", "")
+        if epoch not in ("", None):
+            return float(epoch) <= last_epoch
+        return step not in ("", None) and float(step) < global_step
+
+    kept = [r for r in rows if before_checkpoint(r)]
+    writer = logger.experiment  # creating it removes the old file
+    with open(path, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=header)
+        out.writeheader()
+        out.writerows(kept)
+    writer.metrics_keys = header
+    return len(kept)

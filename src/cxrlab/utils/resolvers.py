@@ -25,7 +25,25 @@ def _mode(metric):
     return "min" if lower_is_better(metric) else "max"
 
 
+def resume_dir(ckpt_path, fallback: str) -> str:
+    """``${cxrlab.resume_dir:${ckpt_path},FALLBACK}``: the run folder of the checkpoint a run
+    resumes from (``<run>/checkpoints/last.ckpt`` -> ``<run>``), so a resumed run continues in
+    its own folder (one train.log, one metrics.csv, its best checkpoint kept); FALLBACK (a new
+    folder) for a fresh run or a checkpoint that is not inside a run folder."""
+    if not ckpt_path:
+        return fallback
+    from pathlib import Path
+
+    ckpt = Path(str(ckpt_path)).expanduser().resolve()
+    run = ckpt.parent.parent
+    if ckpt.parent.name == "checkpoints" and (run / ".hydra").is_dir():
+        return str(run)
+    return fallback
+
+
 def register() -> None:
+    if not OmegaConf.has_resolver("cxrlab.resume_dir"):
+        OmegaConf.register_new_resolver("cxrlab.resume_dir", resume_dir)
     if not OmegaConf.has_resolver("cxrlab.default"):
         OmegaConf.register_new_resolver("cxrlab.default", _default)
     if not OmegaConf.has_resolver("cxrlab.mode"):
