@@ -4,10 +4,13 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import compose_train
 from hydra.utils import instantiate
-from test_train import run_script
+from test_train import run_script, run_train
+
+from cxrlab.data.sources.kaggle_pneumonia import NO_PATIENT
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +21,11 @@ def messy_kaggle(tiny_phantom, tmp_path_factory):
     normal = sorted((root / "chest_xray" / "train" / "NORMAL").glob("*.jpeg"))
     (normal[0].parent / "IM-9999-0001.jpeg").write_bytes(b"not a jpeg at all")
     shutil.copy(normal[1], normal[1].parent / "IM-9998-0001.jpeg")  # a duplicate, new patient
+    # a truncated download: its header reads fine, its pixels do not decode
+    (normal[0].parent / "IM-9997-0001.jpeg").write_bytes(normal[2].read_bytes()[:5000])
+    pneumonia = root / "chest_xray" / "test" / "PNEUMONIA"
+    (pneumonia / "Copy of image.jpeg").write_bytes(b"")  # junk with no patient in its name
+    (pneumonia / "notes.txt").write_text("junk")
     return root
 
 
@@ -54,7 +62,7 @@ def test_numbers_agree_with_the_datamodule(report, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     cfg = compose_train([o for o in overrides if not o.startswith("explore.")], tmp_path)
     dm = instantiate(cfg.data, _convert_="all")
-    dm.select()
+    dm.setup()
     assert summary["run_selection"]["splits"] == dm.describe()
     full = dm.manifest  # no subset here: the whole index, resplit
     assert summary["index"]["images"] == len(full)
@@ -65,9 +73,11 @@ def test_numbers_agree_with_the_datamodule(report, tmp_path):
 def test_unreadable_and_duplicate_files_are_reported(report, messy_kaggle):
     out, _ = report
     summary = json.loads((out / "summary.json").read_text())
-    bad = summary["headers"]["unreadable_files"]
-    assert [Path(b["path"]).name for b in bad] == ["IM-9999-0001.jpeg"]
-    assert "not a readable image" in bad[0]["reason"]
+    bad = summary["unreadable"]["files"]
+    assert sorted(Path(b["path"]).name for b in bad) == ["IM-9997-0001.jpeg", "IM-9999-0001.jpeg"]
+    assert all("not a decodable image" in b["reason"] for b in bad)
+    left_out = summary["index"]["left_out_by_source"]
+    assert left_out[NO_PATIENT] == 1 and left_out["not an image file (.txt, no DICOM preamble)"] == 1
     (group,) = summary["duplicates"]["examples"]
     assert Path(group[1]).name == "IM-9998-0001.jpeg"
     assert summary["official_split_leakage"]["patients_in_several_official_splits"] == 0
@@ -94,3 +104,20 @@ def test_explore_logs_to_wandb_offline(tiny_phantom, tmp_path):
     files = {p.name for p in runs[0].rglob("*")}
     assert any(name.startswith("splits") and name.endswith(".table.json") for name in files)
     assert any(name.startswith("samples") and name.endswith(".png") for name in files)
+
+
+def test_explore_counts_what_training_uses_file_for_file(report, messy_kaggle, tmp_path):
+    """The same data settings through train.py: its splits.csv (which image, which split,
+    which skipped and why) is explore's, and its test split is explore's test split."""
+    out, overrides = report
+    data = [o for o in overrides if o.startswith("data")]
+    run_train(tmp_path, *data, "evaluation.bootstrap=20", "model=resnet18")
+    trained = pd.read_csv(tmp_path / "run" / "splits.csv", keep_default_na=False)
+    explored = pd.read_csv(out / "splits.csv", keep_default_na=False)
+    pd.testing.assert_frame_equal(trained, explored)
+    summary = json.loads((out / "summary.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert metrics["skipped_unreadable"] == summary["unreadable"]["images"] == 2
+    test = summary["run_selection"]["splits"]["test"]
+    assert (metrics["images"], metrics["patients"]) == (test["images"], test["patients"])
+    assert metrics["left_out_by_source"] == summary["index"]["left_out_by_source"]

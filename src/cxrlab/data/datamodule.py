@@ -261,6 +261,17 @@ class CXRDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.loader("test", False)
 
+    def splits_frame(self) -> pd.DataFrame:
+        """``splits.csv``: each selected image's split, and why it is skipped if it is
+        (``unreadable``: empty for the images the run uses). train.py and explore.py write
+        the same file, so one can be checked against the other."""
+        self.setup()
+        df = self.select()
+        cols = [c for c in ("path", "patient_id", "label", "split") if c in df]
+        out = df[cols].copy()
+        out["unreadable"] = df["path"].map(self.skipped).fillna("")
+        return out
+
     def describe(self) -> dict:
         """Images, patients and class counts per split: goes into run files and reports."""
         df = self.select()

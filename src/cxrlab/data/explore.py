@@ -3,8 +3,9 @@
 Writes ``summary.json``, ``summary.md`` and pictures. Every figure comes from the same source
 index and the same selection (balanced subset, patient-grouped split) that a training run with
 the same ``data.*`` settings makes, so the report describes exactly what training would see.
-Image files are opened only for their headers (size, bit depth, photometric interpretation),
-pixels only for the small per-class samples of the intensity histograms and the sample grid.
+Every selected image is decoded as training decodes it (the image cache, which training then
+reuses), so unreadable files and split counts are training's; size and format statistics come
+from the files' headers.
 """
 
 from __future__ import annotations
@@ -68,13 +69,17 @@ def summarize(dm: CXRDataModule, header_sample: int | None, progress: bool, seed
     """(summary dict, full index, selected manifest, header table)."""
     selected = dm.select()  # the run's selection: subset + split, exactly as training
     full, classes = dm.index()  # every image of the source, before the selection
+    # every selected image decoded and preprocessed as training does (the uint8 cache, which
+    # a training run with the same settings then reuses): a truncated file whose header reads
+    # fine is unreadable here as it is in training, so the counts are training's, file by file
+    splits = dm.splits_frame()
 
     paths = full["path"].tolist()
     sampled = paths
     if header_sample and len(paths) > header_sample:
         rng = np.random.default_rng(seed)
         sampled = sorted(rng.choice(paths, header_sample, replace=False).tolist())
-    head, unreadable = headers(sampled, progress)
+    head, _ = headers(sampled, progress)
 
     per_patient = full.groupby("patient_id").size()
     summary: dict = {
@@ -111,6 +116,19 @@ def summarize(dm: CXRDataModule, header_sample: int | None, progress: bool, seed
         "split_policy": dm.split_policy,
         "ratios": dm.ratios,
         "splits": {s: v for s, v in dm.describe().items() if s in set(selected["split"])},
+        "how": (
+            "the training code's own selection (source index, balanced subset, patient-grouped "
+            "split) and every selected image decoded with the training preprocessing (the "
+            "image cache); unreadable images are left out of the split counts, as training "
+            "skips them (data.on_bad_file=skip)"
+        ),
+    }
+    bad = splits[splits["unreadable"] != ""]
+    summary["unreadable"] = {
+        "images": int(len(bad)),
+        "of": int(len(splits)),
+        "by_reason": {str(k): int(v) for k, v in bad["unreadable"].value_counts().items()},
+        "files": [{"path": p, "reason": r} for p, r in zip(bad["path"], bad["unreadable"])][:50],
     }
     dups = duplicate_files(paths)
     summary["duplicates"] = {
@@ -118,12 +136,8 @@ def summarize(dm: CXRDataModule, header_sample: int | None, progress: bool, seed
         "files": int(sum(len(g) for g in dups)),
         "examples": dups[:5],
     }
-    summary["headers"] = {
-        "read": int(len(head)),
-        "of": int(len(paths)),
-        "unreadable": len(unreadable),
-        "unreadable_files": [{"path": p, "reason": r} for p, r in list(unreadable.items())[:50]],
-    }
+    # sizes and formats only: which files are unreadable is the decode's to say (above)
+    summary["headers"] = {"read": int(len(head)), "of": int(len(paths))}
     if not head.empty:
         summary["headers"].update(
             {
@@ -139,7 +153,7 @@ def summarize(dm: CXRDataModule, header_sample: int | None, progress: bool, seed
             summary["headers"]["photometric"] = {
                 str(k): int(v) for k, v in head["photometric"].dropna().value_counts().items()
             }
-    return summary, full, selected, head
+    return summary, full, selected, head, splits
 
 
 def _stats(s: pd.Series) -> dict:
@@ -276,8 +290,13 @@ def markdown(summary: dict, pictures: list[Path]) -> str:
         )
     d = summary["duplicates"]
     lines.append(f"- byte-identical files: {d['files']} in {d['groups']} groups")
+    u = summary["unreadable"]
+    lines.append(
+        f"- unreadable (every selected image decoded as training decodes it): {u['images']} of "
+        f"{u['of']}" + "".join(f"; {r}: {n}" for r, n in u["by_reason"].items())
+    )
     h = summary["headers"]
-    lines.append(f"- headers read: {h['read']} of {h['of']}; unreadable: {h['unreadable']}")
+    lines.append(f"- headers read for sizes and formats: {h['read']} of {h['of']}")
     if "width" in h:
         lines.append(
             f"- width {h['width']['min']}-{h['width']['max']} px (median {h['width']['median']}), "
@@ -300,12 +319,15 @@ def markdown(summary: dict, pictures: list[Path]) -> str:
         "",
         _table(rs["splits"], summary["classes"]),
         "",
+        f"How: {rs['how']}. Which image went where: splits.csv (the same file a training run "
+        "writes).",
+        "",
     ]
     for p in pictures:
         lines.append(f"![{p.stem}]({p.name})")
-    if h["unreadable_files"]:
+    if u["files"]:
         lines += ["", "## Unreadable files", ""]
-        lines += [f"- `{u['path']}`: {u['reason']}" for u in h["unreadable_files"]]
+        lines += [f"- `{f['path']}`: {f['reason']}" for f in u["files"]]
     return "\n".join(lines) + "\n"
 
 
@@ -325,11 +347,17 @@ def explore(cfg) -> dict:
     import hydra
     from omegaconf import OmegaConf
 
+    from cxrlab.config import check_data_root
+
+    check_data_root(cfg.data.source)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dm: CXRDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     ex = cfg.explore
-    summary, full, selected, head = summarize(dm, ex.header_sample, ex.progress, int(cfg.seed))
+    summary, full, selected, head, splits = summarize(
+        dm, ex.header_sample, ex.progress, int(cfg.seed)
+    )
+    splits.to_csv(out / "splits.csv", index=False)
     pictures = plot_all(summary, full, selected, head, out, dm.preprocess, int(ex.samples_per_class), int(cfg.seed))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(markdown(summary, pictures))
