@@ -247,12 +247,29 @@ def test_sigkilled_sweep_leaves_a_usable_study_and_the_rerun_retries_the_trial(s
     (killed,) = load(tmp).trials
     assert killed.state == TrialState.RUNNING  # what a killed process leaves behind
 
-    run_sweep(tmp, *args, "trainer.max_epochs=1", "hydra.sweeper.n_trials=1")
+    rerun = run_sweep(tmp, *args, "trainer.max_epochs=1", "hydra.sweeper.n_trials=1")
     study = load(tmp)
     first, retry = study.trials
     assert first.state == TrialState.FAIL and "killed" in first.user_attrs["fail_reason"]
     assert retry.state == TrialState.COMPLETE
-    assert retry.system_attrs["failed_trial"] == 0 and retry.params == first.params
+    assert retry.user_attrs["retry_of"] == 0 and retry.params == first.params
+    assert "fail_reason" not in retry.user_attrs  # the retry did not fail
+    assert "deprecated" not in rerun.stderr  # no Optuna FutureWarning (RetryFailedTrialCallback)
+
+    # the same command once more, one trial further: a sampler seeded as in the first run
+    # would propose trial 0's parameters again; a continued study never repeats a set
+    more = run_sweep(tmp, *args, "trainer.max_epochs=1", "hydra.sweeper.n_trials=2")
+    assert "sampler seed" in more.stderr + more.stdout
+    study = load(tmp)
+    counted = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(counted) == 2 and counted[0].params != counted[1].params
+    assert not [t for t in study.trials if "duplicate_of" in t.user_attrs]  # none even asked
+    table = pd.read_csv(tmp / "logs" / "optuna" / "debug-default-optuna" / "trials.csv")
+    assert table.set_index("number")["fail_reason"].notna().to_dict() == {
+        0: True,
+        1: False,
+        2: False,
+    }
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,17 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "duration_s": t.duration.total_seconds() if t.duration else None,
             **{f"params.{k}": v for k, v in t.params.items()},
             "run_dir": t.user_attrs.get("run_dir"),
-            "fail_reason": t.user_attrs.get("fail_reason"),
+            # only a failed trial has a failure reason (a retry starts with none)
+            "fail_reason": t.user_attrs.get("fail_reason") if t.state == TrialState.FAIL else None,
+            "retry_of": t.user_attrs.get("retry_of"),
         }
+        if "duplicate_of" in t.user_attrs:  # asked, found to repeat a trial, never run
+            row["state"] = "SKIPPED"
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    order = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
+    order = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4, "SKIPPED": 5}
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     df["_state"] = df["state"].map(order)
     df["value"] = pd.to_numeric(df["value"], errors="coerce")

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
@@ -25,6 +24,27 @@ HOST = socket.gethostname()
 def mask(url: str | None) -> str:
     """A storage URL fit for logs (password hidden)."""
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url) if url else "in-memory"
+
+
+def retry_once(max_retry: int = 1):
+    """A heartbeat-stale-trial callback that queues a dead trial's parameters to run again.
+
+    Instead of Optuna's ``RetryFailedTrialCallback`` (deprecated, removed in Optuna 6) and its
+    successor ``RetryHeartbeatStaleTrialCallback``, which copy every user attribute. The
+    retry carries ``retry_of`` (the dead trial's number) and ``retry_count``, none of the dead
+    trial's other attributes (its ``fail_reason`` stays on the trial that failed).
+    """
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        count = int(trial.user_attrs.get("retry_count", 0))
+        if count >= max_retry:
+            return
+        study.enqueue_trial(
+            dict(trial.params),
+            user_attrs={"retry_of": trial.number, "retry_count": count + 1},
+        )
+
+    return callback
 
 
 def open_storage(url: str | None, heartbeat_interval: int | None = 30, max_retry: int = 1):
@@ -48,7 +68,7 @@ def open_storage(url: str | None, heartbeat_interval: int | None = 30, max_retry
         kwargs = {
             "heartbeat_interval": int(heartbeat_interval),
             "grace_period": 2 * int(heartbeat_interval),
-            "failed_trial_callback": RetryFailedTrialCallback(max_retry=max_retry),
+            "heartbeat_stale_trial_callback": retry_once(max_retry),
         }
     for attempt in range(6):
         try:
@@ -78,9 +98,7 @@ def recover_killed_trials(study: optuna.Study, max_retry: int = 1) -> list[int]:
             t._trial_id, "fail_reason", "its sweep process ended without reporting (killed?)"
         )
         if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-            RetryFailedTrialCallback(max_retry=max_retry)(
-                study, study._storage.get_trial(t._trial_id)
-            )
+            retry_once(max_retry)(study, study._storage.get_trial(t._trial_id))
             recovered.append(t.number)
     if recovered:
         log.warning(
@@ -114,6 +132,27 @@ def counts(study: optuna.Study) -> dict[str, int]:
     for t in study.get_trials(deepcopy=False):
         out[t.state.name.lower()] += 1
     return out
+
+
+def is_enqueued(trial: optuna.trial.Trial) -> bool:
+    """Parameters fixed before asking (``hydra.sweeper.enqueue``, a killed trial's retry)."""
+    return "fixed_params" in trial.study._storage.get_trial_system_attrs(trial._trial_id)
+
+
+def same_params_as(study: optuna.Study, trial: optuna.trial.Trial) -> int | None:
+    """The number of an earlier trial that tried exactly ``trial``'s parameters, or None.
+
+    Trials skipped as duplicates themselves do not count; a retry of a killed trial is
+    enqueued and never checked (it repeats its parameters on purpose, once).
+    """
+    for t in study.get_trials(deepcopy=False):
+        if t.number == trial.number or "duplicate_of" in t.user_attrs:
+            continue
+        if t.state == TrialState.WAITING:
+            continue
+        if t.params == trial.params:
+            return t.number
+    return None
 
 
 def room_left(study: optuna.Study, n_trials: int) -> int:

@@ -118,11 +118,14 @@ class OptunaSweep:
             )
         self.launcher: Launcher | None = None
         self.config: DictConfig | None = None
+        self.sampler_conf = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config) -> None:
         from hydra.core.plugins import Plugins
 
         self.config = config
+        # the sampler's own config: a continued study gets a sampler seeded anew (below)
+        self.sampler_conf = config.hydra.sweeper.get("sampler")
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
@@ -139,10 +142,11 @@ class OptunaSweep:
         storage = studies.open_storage(self.storage_url, self.heartbeat_interval)
         if storage is None:
             log.warning("hydra.sweeper.storage is null: the study lives in memory and is lost")
+        sampler = self._sampler_for(storage)
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
-            sampler=self.sampler,
+            sampler=sampler,
             pruner=self.pruner or optuna.pruners.NopPruner(),
             direction=direction,
             load_if_exists=True,
@@ -196,7 +200,9 @@ class OptunaSweep:
                     break
                 batch = []
                 for _ in range(min(self.n_jobs, room)):
-                    trial = study.ask(space)
+                    trial = self._ask_new(study, space)
+                    if trial is None:
+                        break
                     if studies.is_surplus(study, trial, self.n_trials):
                         trial.set_user_attr("fail_reason", "surplus: the study was full")
                         study.tell(trial, state=TrialState.FAIL)
@@ -227,6 +233,61 @@ class OptunaSweep:
                 summary["retrain"],
             )
         log.info("Study report: %s (trials.csv, best.yaml, plots/)", out)
+
+    def _sampler_for(self, storage):
+        """The configured sampler; for a study that already has trials, the same sampler
+        seeded with ``seed + number of trials so far``.
+
+        A sampler seeded as before would propose the same start-up trials again (a resumed
+        sweep repeated them); the new seed is still deterministic for a given study state.
+        """
+        conf = self.sampler_conf
+        if storage is None or conf is None or conf.get("seed") is None:
+            return self.sampler
+        try:
+            done = len(optuna.load_study(study_name=self.study_name, storage=storage).trials)
+        except KeyError:  # a new study
+            return self.sampler
+        if not done:
+            return self.sampler
+        import hydra
+        from omegaconf import open_dict
+
+        conf = conf.copy()
+        with open_dict(conf):
+            conf.seed = int(conf.seed) + done
+        log.info(
+            "Continuing a study of %d trials: sampler seed %d (hydra.sweeper.sampler.seed + "
+            "trials so far), so no start-up trial is proposed again",
+            done,
+            conf.seed,
+        )
+        return hydra.utils.instantiate(conf)
+
+    def _ask_new(self, study: optuna.Study, space: dict, tries: int = 20):
+        """``study.ask``, never returning parameters an earlier trial already tried.
+
+        A repeat (possible with small categorical spaces, or two workers seeded alike) is told
+        as failed with ``duplicate_of`` and not run; it does not count towards ``n_trials``.
+        Enqueued trials (baselines, a killed trial's retry) are taken as they are. None when
+        every one of ``tries`` proposals was a repeat: the search space is used up.
+        """
+        for _ in range(tries):
+            trial = study.ask(space)
+            if studies.is_enqueued(trial):
+                return trial
+            earlier = studies.same_params_as(study, trial)
+            if earlier is None:
+                return trial
+            trial.set_user_attr("duplicate_of", earlier)
+            trial.set_user_attr("fail_reason", f"not run: the same parameters as trial {earlier}")
+            study.tell(trial, state=TrialState.FAIL)
+            log.info("Proposal %d repeats trial %d: not run, asking again", trial.number, earlier)
+        log.warning(
+            "%d proposals in a row repeated earlier trials: the search space looks used up",
+            tries,
+        )
+        return None
 
     def _remove_checkpoints(self, study: optuna.Study) -> None:
         if self.keep_checkpoints is None:
