@@ -77,7 +77,9 @@ def test_unreadable_and_duplicate_files_are_reported(report, messy_kaggle):
     assert sorted(Path(b["path"]).name for b in bad) == ["IM-9997-0001.jpeg", "IM-9999-0001.jpeg"]
     assert all("not a decodable image" in b["reason"] for b in bad)
     left_out = summary["index"]["left_out_by_source"]
-    assert left_out[NO_PATIENT] == 1 and left_out["not an image file (.txt, no DICOM preamble)"] == 1
+    assert (
+        left_out[NO_PATIENT] == 1 and left_out["not an image file (.txt, no DICOM preamble)"] == 1
+    )
     (group,) = summary["duplicates"]["examples"]
     assert Path(group[1]).name == "IM-9998-0001.jpeg"
     assert summary["official_split_leakage"]["patients_in_several_official_splits"] == 0
