@@ -89,8 +89,10 @@ def test_train_py_on_a_folder_of_images(class_folders, tmp_path):
         f"data.source.root={class_folders}",
         f"data.source.patient_regex='{PHANTOM_PATIENT}'",
         "evaluation.bootstrap=20",
+        "logger=[]",  # as lightning-hydra-template's sweeps pass it: no logger at all
     )
     assert (tmp_path / "run" / "test_metrics.json").is_file()
+    assert not (tmp_path / "run" / "csv").exists() and not (tmp_path / "run" / "wandb").exists()
 
 
 def test_a_setting_the_source_does_not_have_is_named(class_folders, tmp_path):
