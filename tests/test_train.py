@@ -249,6 +249,20 @@ def test_eval_py_reproduces_the_training_report(binary_run):
     close(a["metrics"], b["metrics"])
 
 
+def test_eval_on_the_validation_split_logs_val_metrics(binary_run, tmp_path):
+    """eval.py split=val: every logged metric says val (never test/), and it says where the
+    report went."""
+    ckpt = binary_run / "run" / "checkpoints" / "best.ckpt"
+    proc = run_script("eval.py", tmp_path, "eval", [f"ckpt_path={ckpt}", "split=val"], True)
+    logged = pd.read_csv(tmp_path / "eval" / "csv" / "metrics.csv")
+    metric_columns = [c for c in logged.columns if "/" in c]
+    assert "val/auroc" in metric_columns and all(c.startswith("val/") for c in metric_columns)
+    report = json.loads((tmp_path / "eval" / "report" / "metrics.json").read_text())
+    assert report["split"] == "val"
+    assert f"Report of the val split ({report['images']} images" in proc.stderr + proc.stdout
+    assert str(tmp_path / "eval" / "report") in proc.stderr + proc.stdout
+
+
 def test_eval_refuses_other_classes_and_foreign_files(binary_run, tmp_path):
     ckpt = binary_run / "run" / "checkpoints" / "best.ckpt"
     proc = run_eval(

@@ -27,28 +27,35 @@ class CheckpointError(UserError):
     pass
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a cxrlab checkpoint's dictionary (tensors and plain types only) or say why not."""
+def read_checkpoint(path: str | Path, name: str = "ckpt_path") -> dict:
+    """Load a cxrlab checkpoint's dictionary (tensors and plain types only) or say why not.
+
+    ``name``: how the user gave the path (``ckpt_path`` for eval.py, ``--ckpt`` for predict.py
+    and serve.py), so the message names what they typed.
+    """
     p = Path(path)
+    sep = " " if name.startswith("-") else "="
+    where = f"{name}{sep}{path}"
     if not p.is_file():
-        raise CheckpointError(f"ckpt_path={path}: no such file")
+        raise CheckpointError(f"{where}: no such file (a checkpoint written by train.py, e.g. "
+                              "logs/train/runs/<run>/checkpoints/best.ckpt)")  # fmt: skip
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"ckpt_path={path}: not a readable PyTorch checkpoint ({e})") from e
+        raise CheckpointError(f"{where}: not a readable PyTorch checkpoint ({e})") from e
     if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "cxrlab" not in ckpt:
         raise CheckpointError(
-            f"ckpt_path={path}: not a cxrlab checkpoint (no hyper-parameters "
+            f"{where}: not a cxrlab checkpoint (no hyper-parameters "
             "or cxrlab section); train one with train.py"
         )
     hp = ckpt["hyper_parameters"]
     if "class_names" not in hp or "backbone" not in hp:
-        raise CheckpointError(f"ckpt_path={path}: a checkpoint of another task (no class names)")
+        raise CheckpointError(f"{where}: a checkpoint of another task (no class names)")
     return ckpt
 
 
-def load_model(path: str | Path) -> CXRClassifier:
-    read_checkpoint(path)
+def load_model(path: str | Path, name: str = "ckpt_path") -> CXRClassifier:
+    read_checkpoint(path, name)
     # pretrained=false, no init_from: the checkpoint holds every weight; look for no other file
     return CXRClassifier.load_from_checkpoint(
         str(path), map_location="cpu", pretrained="false", init_from=None, weights_only=True
@@ -87,8 +94,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if split not in ("train", "val", "test"):
         raise CheckpointError(f"split={split!r}: use train, val or test")
     dm.setup()
+    model.test_split = split  # metrics logged as <split>/..., e.g. val/auroc for split=val
     trainer.test(model, dataloaders=dm.loader(split))
-    model.results[split] = model.results.pop("test")
     out = Path(cfg.paths.output_dir)
     # bootstrap settings: the command line's, else those of the training run's report
     ev = {
@@ -100,4 +107,12 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     for lg in loggers:
         lg.finalize("success")
+    log.info(
+        "Report of the %s split (%d images, %d patients): %s (metrics.json, predictions.csv, "
+        "pictures, model_card.md)",
+        split,
+        report["images"],
+        report["patients"],
+        out / "report",
+    )
     return report

@@ -19,6 +19,7 @@ import torch
 
 from cxrlab.data.imageio import UnreadableImageError, scan_images
 from cxrlab.data.preprocess import PreprocessSpec, load_preprocessed
+from cxrlab.errors import EXIT_USER_ERROR, UserError
 from cxrlab.evaluation.run import load_model
 from cxrlab.models.module import CXRClassifier
 from cxrlab.utils.progress import track
@@ -49,9 +50,15 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device=None, gradcam_layer=None, gradcam_method=None
+        cls,
+        path: str | Path,
+        device=None,
+        gradcam_layer=None,
+        gradcam_method=None,
+        name: str = "ckpt_path",
     ) -> Predictor:
-        return cls(load_model(path), device, gradcam_layer, gradcam_method)
+        """``name``: how the user gave ``path`` (``--ckpt`` on a command line), for messages."""
+        return cls(load_model(path, name), device, gradcam_layer, gradcam_method)
 
     @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
@@ -79,20 +86,39 @@ class Predictor:
         return cam(self.model.to_network_input(x), idx)
 
     def gradcam_overlays(self, images: np.ndarray, labels: list[str]) -> list[np.ndarray]:
-        """RGB overlays of each image's Grad-CAM heatmap (predicted class)."""
+        """RGB overlays of each image's Grad-CAM heatmap (predicted class), network size."""
         from cxrlab.inference.gradcam import overlay
 
         return [overlay(img, heat) for img, heat in zip(images, self.gradcam(images, labels))]
 
-    def write_gradcams(self, paths, images, labels, out_dir: Path) -> list[str]:
-        """``<stem>_gradcam.png`` overlays (heatmap of the predicted class) in ``out_dir``."""
+    def write_gradcams(
+        self, names: list[str], images, labels, probs: np.ndarray, out_dir: Path
+    ) -> list[str]:
+        """``<name>_gradcam.png`` overlays of the predicted class's heatmap in ``out_dir``,
+        drawn at ``GRADCAM_SIZE`` px (the network input is often 96-224 px) with the class,
+        its probability and the threshold written on them. ``names``: unique per input
+        (``gradcam_names``)."""
         import cv2
+
+        from cxrlab.inference.gradcam import overlay
 
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for p, rgb in zip(paths, self.gradcam_overlays(images, labels)):
-            target = out_dir / f"{Path(p).stem}_gradcam.png"
-            cv2.imwrite(str(target), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        heats = self.gradcam(images, labels)
+        for name, img, heat, lab, pr in zip(names, images, heats, labels, probs):
+            size = max(GRADCAM_SIZE, img.shape[0])
+            big = cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
+            heat = cv2.resize(heat.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+            rgb = overlay(big, heat)
+            p = float(pr[self.classes.index(lab)])
+            text = f"{lab} p={p:.3f}"
+            if len(self.classes) == 2 and self.threshold is not None:
+                text += f" (threshold {self.threshold:.3f})"
+            banner = np.zeros((36, size, 3), np.uint8)
+            cv2.putText(banner, text, (8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2,
+                        cv2.LINE_AA)  # fmt: skip
+            target = out_dir / f"{name}_gradcam.png"
+            cv2.imwrite(str(target), cv2.cvtColor(np.vstack([banner, rgb]), cv2.COLOR_RGB2BGR))
             written.append(str(target))
         return written
 
@@ -116,6 +142,7 @@ class Predictor:
         paths = [str(p) for p in paths]
         rows: list[dict] = []
         batch: list[tuple[str, np.ndarray]] = []
+        names = gradcam_names(paths) if gradcam_dir is not None else {}
 
         def flush():
             if batch:
@@ -125,7 +152,7 @@ class Predictor:
                 cams = [""] * len(batch)
                 if gradcam_dir is not None:
                     cams = self.write_gradcams(
-                        [p for p, _ in batch], images, labels, Path(gradcam_dir)
+                        [names[p] for p, _ in batch], images, labels, probs, Path(gradcam_dir)
                     )
                 for (p, _), pr, lab, cam in zip(batch, probs, labels, cams):
                     rows.append(
@@ -155,6 +182,30 @@ class Predictor:
         order = {p: i for i, p in enumerate(paths)}
         df = pd.DataFrame(rows, columns=columns)
         return df.sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+GRADCAM_SIZE = 512  # px: overlays a person reads, whatever the network's input size
+
+
+def gradcam_names(paths: list[str]) -> dict[str, str]:
+    """A file-name stem per input, unique among ``paths``: the input's own stem where no other
+    input shares it, else its path below the inputs' common folder (``a/img.jpeg`` and
+    ``b/img.jpeg`` -> ``a__img.jpeg``, ``b__img.jpeg``): DICOM exports reuse names often."""
+    import os
+    from collections import Counter
+
+    stems = Counter(Path(p).stem for p in paths)
+    absolute = [os.path.abspath(p) for p in paths]
+    common = os.path.commonpath(absolute) if len(paths) > 1 else ""
+    if common in absolute:  # one distinct file given several times
+        common = os.path.dirname(common)
+    out = {}
+    for p, a in zip(paths, absolute):
+        if stems[Path(p).stem] == 1:
+            out[p] = Path(p).stem
+        else:
+            out[p] = os.path.relpath(a, common).replace(os.sep, "__")
+    return out
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[str]:
@@ -203,21 +254,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
     parser.add_argument("--ckpt", required=True, help="a checkpoint written by train.py")
-    parser.add_argument("--out", default="predictions.csv", help="a .csv or .json file")
+    parser.add_argument(
+        "--out",
+        default="predictions.csv",
+        help="a .csv or .json file (default: predictions.csv in the current folder)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
     parser.add_argument(
         "--gradcam", default=None, metavar="DIR", help="also write Grad-CAM overlays here"
     )
     add_gradcam_options(parser)
+    parser.epilog = (
+        "Exit status: 0 when every file was predicted or some were (the others are listed "
+        "with their reason), 1 when none could be read, 2 for a wrong argument."
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    predictor = Predictor.from_checkpoint(
-        args.ckpt, args.device, args.gradcam_layer, args.gradcam_method
-    )
-    df = predictor.predict_files(
-        expand_inputs(args.inputs), args.batch_size, gradcam_dir=args.gradcam
-    )
+    try:
+        inputs = expand_inputs(args.inputs)
+        predictor = Predictor.from_checkpoint(
+            args.ckpt, args.device, args.gradcam_layer, args.gradcam_method, name="--ckpt"
+        )
+    except (UserError, FileNotFoundError) as e:
+        parser.exit(EXIT_USER_ERROR, f"Error: {e}\n")
+    df = predictor.predict_files(inputs, args.batch_size, gradcam_dir=args.gradcam)
     out = Path(args.out)
     if out.suffix.lower() == ".json":
         out.write_text(df.to_json(orient="records", indent=2))
@@ -231,4 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         len(failed),
         "".join(f"\n  {r.path}: {r.error}" for r in failed.itertuples()),
     )
+    if len(failed) == len(df):
+        log.error("Nothing was predicted: none of the %d inputs could be read", len(df))
+        return 1
     return 0

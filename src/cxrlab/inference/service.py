@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from cxrlab.data.imageio import SUPPORTED_SUFFIXES, UnreadableImageError
 from cxrlab.data.preprocess import load_preprocessed
+from cxrlab.errors import EXIT_USER_ERROR, UserError
 from cxrlab.inference.gradcam import gradcam_layer
 from cxrlab.inference.predictor import Predictor, add_gradcam_options
 
@@ -112,7 +113,11 @@ def create_app(
     max_batch: int = 16,
     checkpoint: str | None = None,
 ) -> FastAPI:
-    app = FastAPI(
+    from fastapi_offline import FastAPIOffline
+
+    # /docs and /redoc load Swagger UI and ReDoc from the package, not a CDN: hospital networks
+    # are often offline, and a blank docs page there is no documentation
+    app = FastAPIOffline(
         title="cxrlab",
         version=_version(),
         description="Chest X-ray classification with a cxrlab checkpoint.",
@@ -281,9 +286,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     threads = args.threads or max(1, usable_cpus() - 1)
     torch.set_num_threads(threads)
-    predictor = Predictor.from_checkpoint(
-        args.ckpt, args.device, args.gradcam_layer, args.gradcam_method
-    )
+    try:
+        predictor = Predictor.from_checkpoint(
+            args.ckpt, args.device, args.gradcam_layer, args.gradcam_method, name="--ckpt"
+        )
+    except UserError as e:
+        p.exit(EXIT_USER_ERROR, f"Error: {e}\n")
     app = create_app(predictor, args.max_upload_mb, args.max_batch, checkpoint=str(args.ckpt))
     log.info(
         "Serving %s on http://%s:%d (docs at /docs), %d model threads",

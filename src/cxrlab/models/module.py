@@ -149,6 +149,9 @@ class CXRClassifier(pl.LightningModule):
         self.evaluation_settings: dict = {}
         # False while a pass only collects predictions (threshold selection): no logger points
         self.log_eval_metrics = True
+        # the split the test loop runs on: "test", or what eval.py split=... names; every
+        # metric it logs and its stored predictions carry that name, never "test/" for val
+        self.test_split = "test"
         self._outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.results: dict[str, dict] = {}  # per stage: probs, labels, manifest rows
 
@@ -203,7 +206,7 @@ class CXRClassifier(pl.LightningModule):
         self._eval_step(batch, "val", self.val_metrics)
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test", self.test_metrics)
+        self._eval_step(batch, self.test_split, self.test_metrics)
 
     def on_validation_epoch_start(self):
         self._outputs = []
@@ -212,7 +215,7 @@ class CXRClassifier(pl.LightningModule):
         self._outputs = []
         # threshold-dependent test metrics use the threshold chosen on validation
         t = 0.5 if self.threshold is None else self.threshold
-        self.test_metrics = make_metrics(self.num_classes, "test", t).to(self.device)
+        self.test_metrics = make_metrics(self.num_classes, self.test_split, t).to(self.device)
 
     def _gather_outputs(self, stage: str) -> None:
         if not self._outputs:
@@ -234,10 +237,11 @@ class CXRClassifier(pl.LightningModule):
         self._gather_outputs("val")
 
     def on_test_epoch_end(self):
-        self._gather_outputs("test")
+        split = self.test_split
+        self._gather_outputs(split)
         if self.trainer.is_global_zero:
             log_test_plots(
-                self.trainer.loggers, self.results["test"], self.class_names, self.threshold
+                self.trainer.loggers, self.results[split], self.class_names, self.threshold, split
             )
 
     # ------------------------------------------------------------------ checkpoint extras
@@ -299,9 +303,13 @@ class CXRClassifier(pl.LightningModule):
 
 
 def log_test_plots(
-    loggers, results: dict, class_names: list[str], threshold: float | None = None
+    loggers,
+    results: dict,
+    class_names: list[str],
+    threshold: float | None = None,
+    split: str = "test",
 ) -> None:
-    """Confusion matrix, PR and ROC curves on W&B (the test split), when W&B is active."""
+    """Confusion matrix, PR and ROC curves of ``split`` on W&B, when W&B is active."""
     from pytorch_lightning.loggers import WandbLogger
 
     for lg in loggers:
@@ -317,14 +325,17 @@ def log_test_plots(
             preds = probs.argmax(1).tolist()
         lg.experiment.log(
             {
-                "test/confusion_matrix": wandb.plot.confusion_matrix(
-                    y_true=y, preds=preds, class_names=class_names, title="Confusion matrix (test)"
+                f"{split}/confusion_matrix": wandb.plot.confusion_matrix(
+                    y_true=y,
+                    preds=preds,
+                    class_names=class_names,
+                    title=f"Confusion matrix ({split})",
                 ),
-                "test/pr_curve": wandb.plot.pr_curve(
-                    y, probs, labels=class_names, title="Precision-recall (test)"
+                f"{split}/pr_curve": wandb.plot.pr_curve(
+                    y, probs, labels=class_names, title=f"Precision-recall ({split})"
                 ),
-                "test/roc_curve": wandb.plot.roc_curve(
-                    y, probs, labels=class_names, title="ROC (test)"
+                f"{split}/roc_curve": wandb.plot.roc_curve(
+                    y, probs, labels=class_names, title=f"ROC ({split})"
                 ),
             }
         )
