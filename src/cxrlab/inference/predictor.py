@@ -189,21 +189,23 @@ GRADCAM_SIZE = 512  # px: overlays a person reads, whatever the network's input 
 
 def gradcam_names(paths: list[str]) -> dict[str, str]:
     """A file-name stem per input, unique among ``paths``: the input's own stem where no other
-    input shares it, else its path below the inputs' common folder (``a/img.jpeg`` and
-    ``b/img.jpeg`` -> ``a__img.jpeg``, ``b__img.jpeg``): DICOM exports reuse names often."""
+    input shares it, else its path below the folder common to the inputs sharing it
+    (``a/img.jpeg`` and ``b/img.jpeg`` -> ``a__img.jpeg``, ``b__img.jpeg``): DICOM exports
+    reuse names often."""
     import os
-    from collections import Counter
+    from collections import defaultdict
 
-    stems = Counter(Path(p).stem for p in paths)
-    absolute = [os.path.abspath(p) for p in paths]
-    common = os.path.commonpath(absolute) if len(paths) > 1 else ""
-    if common in absolute:  # one distinct file given several times
-        common = os.path.dirname(common)
+    by_stem = defaultdict(list)
+    for p in dict.fromkeys(paths):
+        by_stem[Path(p).stem].append(p)
     out = {}
-    for p, a in zip(paths, absolute):
-        if stems[Path(p).stem] == 1:
-            out[p] = Path(p).stem
-        else:
+    for stem, group in by_stem.items():
+        if len(group) == 1:
+            out[group[0]] = stem
+            continue
+        absolute = [os.path.abspath(p) for p in group]
+        common = os.path.commonpath(absolute)
+        for p, a in zip(group, absolute):
             out[p] = os.path.relpath(a, common).replace(os.sep, "__")
     return out
 
