@@ -110,10 +110,12 @@ class Predictor:
             big = cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
             heat = cv2.resize(heat.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
             rgb = overlay(big, heat)
-            p = float(pr[self.classes.index(lab)])
-            text = f"{lab} p={p:.3f}"
             if len(self.classes) == 2 and self.threshold is not None:
-                text += f" (threshold {self.threshold:.3f})"
+                # the threshold is on the positive class's probability: show that one
+                pos = self.classes[1]
+                text = f"{lab}: p({pos})={float(pr[1]):.3f}, threshold {self.threshold:.3f}"
+            else:
+                text = f"{lab}: p={float(pr[self.classes.index(lab)]):.3f}"
             banner = np.zeros((36, size, 3), np.uint8)
             cv2.putText(banner, text, (8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2,
                         cv2.LINE_AA)  # fmt: skip
