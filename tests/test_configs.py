@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONFIGS, compose_train
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cxrlab.config import ConfigError, validate
@@ -166,3 +167,16 @@ def test_mistakes_end_in_one_line_and_status_2_before_any_work(overrides, key, t
     assert err.startswith("Error: ") and key in err and len(err.splitlines()) == 1, err
     assert "Traceback" in log_file.read_text()
     assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
+def test_explore_writes_a_folder_per_dataset():
+    """explore.py's report folder is logs/explore/<dataset>/<timestamp> (as docs/explore.md
+    says): explore.yaml's own hydra.run.dir is not overridden by hydra/default.yaml."""
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("explore.yaml", overrides=["data=kaggle_pneumonia"], return_hydra_config=True)
+    run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
+    assert run_dir == "${paths.log_dir}/explore/${data.source.name}/${now:%Y-%m-%d_%H-%M-%S}"
+    assert (
+        "logs/explore/<dataset>/<timestamp>/"
+        in (CONFIGS.parent / "docs" / "explore.md").read_text()
+    )

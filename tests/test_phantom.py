@@ -82,3 +82,22 @@ def test_the_kaggle_reader_reads_it(tiny_phantom):
     # a patient's images all carry that patient's class
     assert (df.groupby("patient_id")["label"].nunique() == 1).all()
     assert all(Path(p).is_file() for p in df["path"])
+
+
+def test_the_class_shares_in_the_docs_are_the_default_phantoms():
+    """docs/phantom.md's counts are what the default phantom draws (its plan, no pixels)."""
+    import re
+    from collections import Counter
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "phantom.md").read_text()
+    m = re.search(r"([\d,]+) images: (\d+) normal \((\d+)%\) and ([\d,]+) pneumonia, of which "
+                  r"(\d+) bacterial \((\d+)%\) and (\d+) viral", doc)  # fmt: skip
+    assert m, "docs/phantom.md no longer states the default phantom's class counts"
+    total, normal, normal_pct, pneumonia, bacteria, bacteria_pct, virus = (
+        int(g.replace(",", "")) for g in m.groups()
+    )
+    counts = Counter(job.anat.finding for job in phantom.plan(phantom.PhantomConfig()))
+    assert (counts["normal"], counts["bacteria"], counts["virus"]) == (normal, bacteria, virus)
+    assert sum(counts.values()) == total and bacteria + virus == pneumonia
+    assert round(100 * normal / total) == normal_pct
+    assert round(100 * bacteria / pneumonia) == bacteria_pct

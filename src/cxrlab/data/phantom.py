@@ -47,7 +47,8 @@ class PhantomConfig:
 
     num_patients: int = 800
     seed: int = 0
-    # Kaggle's mix: about 27% normal images, pneumonia 2/3 bacterial, 1/3 viral.
+    # per patient, near Kaggle's mix (27% normal images, pneumonia 2/3 bacterial); the default
+    # draw gives 505 normal images of 1,585 (32%), 671 bacterial, 409 viral (docs/phantom.md)
     finding_probs: tuple[float, float, float] = (0.34, 0.43, 0.23)
     images_per_patient: tuple[int, int] = (1, 3)  # inclusive range, uniform
     width_range: tuple[int, int] = (700, 1500)
