@@ -323,7 +323,7 @@ def memory_child(n: int, size: int = 64) -> None:
     rng = np.random.default_rng(0)
     ds = CachedImages(cache, np.arange(n), rng.integers(0, 2, n))
     loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=2)
-    net, spec = build_backbone("resnet18", 2, pretrained="false")
+    net, spec, _ = build_backbone("resnet18", 2, pretrained="false")
     opt = torch.optim.SGD(net.parameters(), 0.01)
     aug = BatchAugment(AugmentConfig(rotation=10, brightness=0.1))
     for x, y, _ in loader:

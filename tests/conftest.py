@@ -12,6 +12,8 @@ CONFIGS = ROOT / "configs"
 os.environ.setdefault("CXRLAB_ROOT", str(ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# no test reaches the internet: pretrained weights are served from loopback (test_weights.py)
+os.environ.setdefault("CXRLAB_OFFLINE", "1")
 
 
 def compose_train(overrides: list[str], tmp: Path | None = None) -> DictConfig:

@@ -18,7 +18,7 @@ from cxrlab.models.module import CXRClassifier
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_backbone_names_five_blocks_that_cover_its_trunk(name):
-    net, _ = build_backbone(name, 2, pretrained=False)
+    net, _, _ = build_backbone(name, 2, pretrained=False)
     blocks = resolve_blocks(net, BACKBONES[name].blocks)
     assert len(blocks) == 5
     in_blocks = [id(p) for b in blocks for m in b for p in m.parameters()]
@@ -27,7 +27,7 @@ def test_every_backbone_names_five_blocks_that_cover_its_trunk(name):
 
 
 def test_groups_split_head_backbone_and_decay():
-    net, _ = build_backbone("resnet18", 2, pretrained=False)
+    net, _, _ = build_backbone("resnet18", 2, pretrained=False)
     cfg = FinetuneConfig(policy="full", backbone_lr_scale=0.1)
     groups = {g["name"]: g for g in param_groups(net, cfg, lr=1e-3, weight_decay=1e-4)}
     assert set(groups) == {"head", "head_no_decay", "backbone", "backbone_no_decay"}

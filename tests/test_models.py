@@ -1,18 +1,21 @@
 import pytest
 import torch
 
-from cxrlab.models.backbones import (
-    BACKBONES,
-    WeightsUnavailableError,
-    build_backbone,
-    torchvision_weights_file,
-    xrv_weights_file,
-)
+from cxrlab.models.backbones import BACKBONES, build_backbone, weights_source
+from cxrlab.models.weights import WeightsUnavailableError
+
+
+def xrv_weights_file(name):
+    return weights_source("densenet121_xrv", name).path
+
+
+def torchvision_weights_file(wenum):
+    return weights_source("resnet18", wenum.name).path
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_forward_at_a_tiny_size(name):
-    net, spec = build_backbone(name, num_classes=3, dropout=0.1, pretrained="false")
+    net, spec, _ = build_backbone(name, num_classes=3, dropout=0.1, pretrained="false")
     x = spec.normalize(torch.rand(2, 1, 64, 64))
     assert x.shape[1] == spec.channels
     net.eval()
@@ -21,17 +24,17 @@ def test_forward_at_a_tiny_size(name):
 
 
 def test_input_specs_match_what_the_weights_were_trained_with():
-    _, xrv_spec = build_backbone("densenet121_xrv", 2, pretrained="false")
+    _, xrv_spec, _ = build_backbone("densenet121_xrv", 2, pretrained="false")
     x = torch.tensor([0.0, 0.5, 1.0]).view(1, 1, 1, 3)
     assert xrv_spec.normalize(x).flatten().tolist() == [-1024.0, 0.0, 1024.0]
-    _, inet = build_backbone("resnet18", 2, pretrained="false")
+    _, inet, _ = build_backbone("resnet18", 2, pretrained="false")
     y = inet.normalize(torch.full((1, 1, 2, 2), 0.485))
     assert y.shape == (1, 3, 2, 2) and y[0, 0].abs().max() < 1e-6
 
 
 def test_xrv_wrapper_keeps_the_resolution_and_own_head():
     # xrv's own forward would resize to 224 and apply op thresholds to 18 outputs
-    net, spec = build_backbone("densenet121_xrv", 2, pretrained="false")
+    net, spec, _ = build_backbone("densenet121_xrv", 2, pretrained="false")
     feats = net.forward_features(spec.normalize(torch.rand(1, 1, 64, 64)))
     assert feats.shape[-1] == 2  # 64 / 32: no resize to 224
     assert net.head.out_features == 2
@@ -50,7 +53,7 @@ def test_pretrained_true_without_the_file_names_it(monkeypatch, tmp_path):
 
 def test_pretrained_auto_without_the_file_trains_from_scratch_loudly(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("HOME", str(tmp_path))
-    net, _ = build_backbone("densenet121_xrv", 2, pretrained="auto")
+    net, _, _ = build_backbone("densenet121_xrv", 2, pretrained="auto")
     assert "FROM SCRATCH" in caplog.text
     assert isinstance(net, torch.nn.Module)
 
@@ -66,7 +69,7 @@ def test_xrv_weights_in_the_cache_folder_are_loaded(monkeypatch, tmp_path):
     with torch.no_grad():
         source.features.conv0.weight.fill_(0.125)
     torch.save(source, path)  # xrv's release files are pickled modules
-    net, _ = build_backbone("densenet121_xrv", 2, pretrained="true")
+    net, _, _ = build_backbone("densenet121_xrv", 2, pretrained="true")
     assert torch.all(net.features.conv0.weight == 0.125)
 
 
@@ -81,7 +84,7 @@ def test_torchvision_weights_in_the_hub_cache_are_loaded(monkeypatch, tmp_path):
     sd["conv1.weight"].fill_(0.5)
     torch.save(sd, path)
     monkeypatch.setattr(torch.hub, "_get_torch_home", lambda: str(tmp_path))
-    net, _ = build_backbone("resnet18", 2, pretrained="auto")
+    net, _, _ = build_backbone("resnet18", 2, pretrained="auto")
     assert torch.all(net.features[0].weight == 0.5)
 
 

@@ -72,6 +72,12 @@ def test_run_folder_has_config_checkpoints_metrics_and_splits(wandb_run):
     assert "GPU available" in log and "litlogger" not in log  # Lightning's info, not its ads
     m = json.loads((run / "test_metrics.json").read_text())
     assert m["split"] == "test" and m["images"] > 0 and m["patients"] > 0
+    # offline (the tests' CXRLAB_OFFLINE=1), pretrained=auto trains from scratch and says so
+    assert m["pretrained"]["pretrained"] is False and "CXRLAB_OFFLINE" in m["pretrained"]["reason"]
+    assert (
+        "Started from: none: trained from scratch" in (run / "report" / "model_card.md").read_text()
+    )
+    assert "starts from none: trained from scratch" in log
     assert m["classes"] == ["normal", "bacteria", "virus"]
     for k in (  # multi-class: overall values and macro/micro averages
         "test/accuracy",

@@ -25,6 +25,7 @@ from cxrlab.config import ConfigError, check_data_root, validate
 from cxrlab.data.datamodule import CXRDataModule
 from cxrlab.evaluation.report import headline, write_report
 from cxrlab.evaluation.thresholds import choose_threshold
+from cxrlab.models.weights import describe
 from cxrlab.utils.checkpoints import AtomicCheckpointIO, atomic_torch_save
 from cxrlab.utils.loggers import continue_csv_log
 from cxrlab.utils.nested import flatten
@@ -49,6 +50,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file")
     out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
+    # the pretrained weights first: fetched on first use, and model.pretrained=true stops here,
+    # before any data work, when they cannot be had; the run's first lines say what it uses
+    prov = starting_weights(cfg.model)
+    log.info("Model %s starts from %s", cfg.model.backbone, describe(prov))
 
     log.info("Selecting data <%s>", cfg.data.source.name)
     augment = OmegaConf.to_container(cfg.augment, resolve=True)
@@ -98,6 +103,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         out_dir.mkdir(parents=True, exist_ok=True)
         splits.to_csv(out_dir / "splits.csv", index=False)
     hparams = flatten(OmegaConf.to_container(cfg, resolve=True))
+    hparams.update(flatten({"pretrained_weights": model.pretrained_weights}))
     for lg in loggers:
         lg.log_hyperparams(hparams)
 
@@ -143,6 +149,20 @@ def continue_logger_runs(logger_cfg: DictConfig | None, out_dir: Path) -> DictCo
                     conf.id = run_id
                     log.info("W&B: continuing run %s", run_id)
     return logger_cfg
+
+
+def starting_weights(model_cfg) -> dict:
+    """Fetch (or find) the model's pretrained weights now; their provenance, or none's reason.
+
+    The model builder then finds the file in the cache (or the failure this process recorded).
+    """
+    from cxrlab.models.backbones import resolve_weights
+    from cxrlab.models.weights import from_checkpoint
+
+    if model_cfg.get("init_from"):
+        return from_checkpoint(str(model_cfg.init_from))
+    pretrained = model_cfg.get("pretrained", "auto")
+    return resolve_weights(str(model_cfg.backbone), model_cfg.get("weights"), pretrained)[1]
 
 
 LIGHTNING_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -332,6 +352,7 @@ def write_split_report(
     context = {
         "checkpoint": ckpt,
         "model": model.hparams.get("backbone"),
+        "pretrained": model.pretrained_weights,
         "data": dm.describe(),
         "skipped_unreadable": len(dm.skipped),
         "left_out_by_source": dict(dm.dropped),  # {reason: images}, before subset and split
@@ -392,6 +413,7 @@ def write_test_metrics(out_dir: Path, report: dict, ckpt: str | None) -> None:
         "patients": report["patients"],
         "classes": report["classes"],
         "checkpoint": ckpt,
+        "pretrained": report.get("pretrained"),
         "threshold": report["threshold"],
         "metrics": headline(report),
         "data": report.get("data"),

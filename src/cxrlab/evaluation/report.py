@@ -160,6 +160,10 @@ def write_model_card(report: dict, path: Path) -> None:
     ]
     if report.get("model"):
         lines.append(f"Model: {report['model']}.")
+    if "pretrained" in report:
+        from cxrlab.models.weights import describe
+
+        lines.append(f"Started from: {describe(report['pretrained'])}.")
     if report.get("data"):
         lines += [
             "",

@@ -4,30 +4,34 @@ Every entry states its ``InputSpec`` (channels and normalization), in the manner
 pretrained configs, so nobody guesses: the module normalizes with it during training, and the
 predictor reads it back from the checkpoint. Normalization lives only here.
 
-Pretrained weights are never downloaded at run time by cxrlab's own choice: ``pretrained=auto``
-uses a weights file when it is already in the library's cache folder and otherwise trains from
-scratch with a loud warning; ``pretrained=true`` fails with the file name and where to put it.
+Pretrained weights (``cxrlab.models.weights``) are fetched on first use into the library's own
+cache: ``pretrained=true`` stops when they cannot be had, naming the URL and where to place the
+file; ``auto`` then trains from scratch, loudly; ``false`` never looks. Every builder returns
+the weights' provenance with the network, so a run always says what it started from.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from cxrlab.errors import UserError
+from cxrlab.models.weights import (  # noqa: F401  (WeightsUnavailableError: re-exported)
+    WeightsSource,
+    WeightsUnavailableError,
+    resolve,
+    torchvision_source,
+    xrv_source,
+)
 
 log = logging.getLogger(__name__)
 
 XRV_RANGE = 1024.0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsUnavailableError(FileNotFoundError):
-    """Pretrained weights were required but are not on disk (and nothing is downloaded)."""
 
 
 @dataclass(frozen=True)
@@ -79,90 +83,84 @@ class Classifier(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# weights files
-
-
-def xrv_weights_file(weights: str) -> Path:
-    import torchxrayvision as xrv
-
-    if weights not in xrv.models.model_urls:
-        choices = [k for k in xrv.models.model_urls if k.startswith("densenet")]
-        raise ValueError(f"model.weights={weights!r}: use one of {choices}")
-    url = xrv.models.model_urls[weights]["weights_url"]
-    return Path(os.path.expanduser(xrv.utils.get_cache_dir())) / os.path.basename(url)
-
-
-def torchvision_weights_file(weights_enum) -> Path:
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    return hub / os.path.basename(weights_enum.url)
-
-
-def _resolve_pretrained(pretrained, path: Path, url: str, name: str) -> bool:
-    """Decide whether to load weights: True/False, or raise for pretrained=true without file."""
-    mode = str(pretrained).lower()
-    if mode not in ("auto", "true", "false"):
-        raise ValueError(f"model.pretrained={pretrained!r}: use auto, true or false")
-    if mode == "false":
-        return False
-    if path.is_file():
-        return True
-    msg = (
-        f"Pretrained weights for {name} are not on disk: {path}. cxrlab never downloads at run "
-        f"time; fetch them once with `wget {url} -O {path}` (or copy the file there)."
-    )
-    if mode == "true":
-        raise WeightsUnavailableError(msg)
-    log.warning("%s TRAINING %s FROM SCRATCH (model.pretrained=auto).", msg, name.upper())
-    return False
-
-
-# --------------------------------------------------------------------------------------------
 # builders
 
 
 def _densenet121_xrv(num_classes: int, dropout: float, pretrained, weights: str | None):
     import torchxrayvision as xrv
 
-    weights = weights or "densenet121-res224-all"
-    path = xrv_weights_file(weights)
-    url = xrv.models.model_urls[weights]["weights_url"]
-    if _resolve_pretrained(pretrained, path, url, f"densenet121_xrv ({weights})"):
-        net = xrv.models.DenseNet(weights=weights, cache_dir=str(path.parent))
-        log.info("Loaded torchxrayvision weights %s from %s", weights, path)
+    source = weights_source("densenet121_xrv", weights)
+    path, prov = resolve_weights("densenet121_xrv", weights, pretrained)
+    if path is not None:
+        net = xrv.models.DenseNet(weights=source.name, cache_dir=str(path.parent))
+        log.info("Loaded torchxrayvision weights %s from %s", source.name, path)
     else:
         net = xrv.models.DenseNet(weights=None)
     # Only the trunk is kept: xrv's forward would resize every input to 224 px and apply its
     # op thresholds to its own 18 outputs; cxrlab decides the resolution and the head.
-    return Classifier(
+    head = Classifier(
         net.features, net.classifier.in_features, num_classes, dropout, final_relu=True
     )
+    return head, prov
 
 
 def _torchvision(arch: str):
     def build(num_classes: int, dropout: float, pretrained, weights: str | None):
         import torchvision
 
-        enum = torchvision.models.get_model_weights(arch)
-        wenum = enum[weights] if weights else enum.DEFAULT
-        use = _resolve_pretrained(
-            pretrained, torchvision_weights_file(wenum), wenum.url, f"{arch} ({wenum.name})"
-        )
-        net = torchvision.models.get_model(arch, weights=wenum if use else None)
-        if use:
-            log.info("Loaded torchvision weights %s.%s", arch, wenum.name)
+        source = weights_source(arch, weights)
+        # torch.hub checks the file against the SHA-256 prefix in its name; torchvision's own
+        # loader then reads it from the hub cache (it renames legacy DenseNet keys itself)
+        path, prov = resolve_weights(arch, weights, pretrained)
+        wenum = torchvision.models.get_weight(source.name) if path is not None else None
+        net = torchvision.models.get_model(arch, weights=wenum)
+        if path is not None:
+            log.info("Loaded torchvision weights %s from %s", source.name, path)
         if arch.startswith("resnet"):
             n = net.fc.in_features
             features = nn.Sequential(*list(net.children())[:-2])
-            return Classifier(features, n, num_classes, dropout)
+            return Classifier(features, n, num_classes, dropout), prov
         if arch.startswith("densenet"):
             return Classifier(
                 net.features, net.classifier.in_features, num_classes, dropout, final_relu=True
-            )
+            ), prov
         if arch.startswith("efficientnet"):
-            return Classifier(net.features, net.classifier[-1].in_features, num_classes, dropout)
+            return Classifier(
+                net.features, net.classifier[-1].in_features, num_classes, dropout
+            ), prov
         raise AssertionError(arch)
 
     return build
+
+
+def resolve_weights(backbone: str, weights: str | None, pretrained) -> tuple:
+    """(weights file or None, provenance) for a backbone: fetched on first use (see
+    ``cxrlab.models.weights.resolve``). torchxrayvision files are checked to hold DenseNet's
+    weights after a download; torchvision's are checked by torch.hub against their hash."""
+    if str(pretrained).lower() == "false":
+        return resolve("false", None)
+    source = weights_source(backbone, weights)
+    keys = None
+    if source.library == "torchxrayvision":
+        import torchxrayvision as xrv
+
+        keys = lambda: xrv.models.DenseNet(weights=None).state_dict()  # noqa: E731
+    return resolve(pretrained, source, keys)
+
+
+def weights_source(backbone: str, weights: str | None) -> WeightsSource:
+    """Which pretrained file ``model.backbone`` / ``model.weights`` name (not fetched here)."""
+    if backbone == "densenet121_xrv":
+        return xrv_source(weights or "densenet121-res224-all")
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(backbone)
+    try:
+        return torchvision_source(enum[weights] if weights else enum.DEFAULT)
+    except KeyError:
+        raise UserError(
+            f"model.weights={weights!r}: use one of {[w.name for w in enum]} or null"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -222,12 +220,14 @@ BACKBONES: dict[str, BackboneEntry] = {
 
 def check_backbone(name: str) -> BackboneEntry:
     if name not in BACKBONES:
-        raise ValueError(f"model.backbone={name!r} is not known: use one of {sorted(BACKBONES)}")
+        raise UserError(f"model.backbone={name!r} is not known: use one of {sorted(BACKBONES)}")
     return BACKBONES[name]
 
 
 def build_backbone(
     name: str, num_classes: int, dropout: float = 0.0, pretrained="auto", weights: str | None = None
-) -> tuple[Classifier, InputSpec]:
+) -> tuple[Classifier, InputSpec, dict]:
+    """(network, its input spec, the provenance of its starting weights)."""
     entry = check_backbone(name)
-    return entry.build(num_classes, dropout, pretrained, weights), entry.input_spec
+    net, prov = entry.build(num_classes, dropout, pretrained, weights)
+    return net, entry.input_spec, prov

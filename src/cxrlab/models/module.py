@@ -107,12 +107,15 @@ class CXRClassifier(pl.LightningModule):
         self.num_classes = len(self.class_names)
         if self.num_classes < 2:
             raise ValueError(f"need at least two classes, got {self.class_names}")
-        self.net, self.input_spec = build_backbone(
+        self.net, self.input_spec, self.pretrained_weights = build_backbone(
             backbone, self.num_classes, dropout, pretrained, weights
         )
         self.hparams["input_spec"] = self.input_spec.to_dict()
         if init_from:
             load_backbone_weights(self.net, init_from, backbone)
+            from cxrlab.models.weights import from_checkpoint
+
+            self.pretrained_weights = from_checkpoint(init_from)
         self.finetune = FinetuneConfig(**dict(finetune or {}))
         if self.finetune.policy == "head":
             # frozen before anything wraps the model (DDP syncs only what requires grad then)
@@ -250,11 +253,15 @@ class CXRClassifier(pl.LightningModule):
             "threshold": self.threshold,
             "threshold_policy": self.threshold_policy,
             "evaluation": self.evaluation_settings,
+            # which pretrained weights training started from (name, file, sha256) or none
+            "pretrained": self.pretrained_weights,
             "format": 1,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         extra = checkpoint.get("cxrlab", {})
+        # what the training run started from, not what this reload did (it loads no weights)
+        self.pretrained_weights = extra.get("pretrained")
         self.threshold = extra.get("threshold")
         self.threshold_policy = extra.get("threshold_policy")
         self.evaluation_settings = extra.get("evaluation", {})
