@@ -141,15 +141,21 @@ def test_debug_shrinks_the_run_with_any_data_source(data, tmp_path):
         (["data.batch_size=abc"], "data.batch_size='abc'"),
         (["trainer.max_epochs=-5"], "trainer.max_epochs=-5"),
         (["ckpt_path=/no/such/last.ckpt"], "ckpt_path=/no/such/last.ckpt"),
+        # CXRLAB_OFFLINE=1 (conftest) and an empty cache: the weights cannot be had
+        (["model.pretrained=true"], "or train without them: model.pretrained=false"),
     ],
 )
-def test_mistakes_end_in_one_line_and_status_2_before_any_work(overrides, key, tmp_path, capsys):
+def test_mistakes_end_in_one_line_and_status_2_before_any_work(
+    overrides, key, tmp_path, capsys, monkeypatch
+):
     """What train.py does with a user's mistake: one line naming the key and value on stderr,
     exit status 2, no traceback on the screen (it goes to the log file), nothing built."""
     import logging
 
     from cxrlab.errors import exit_on_user_error
     from cxrlab.training import train
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # an empty torchxrayvision cache
 
     cfg = compose_train(["debug=default", f"paths.data_dir={tmp_path / 'data'}", *overrides],
                         tmp_path)  # fmt: skip
