@@ -258,6 +258,13 @@ def test_predict_py_says_what_went_wrong(served, tmp_path, capsys):
     assert main(["--ckpt", str(ckpt), str(junk), "--out", str(out), "--device", "cpu"]) == 1
     assert pd.read_csv(out)["error"].notna().all()
     assert main(["--ckpt", str(ckpt), str(junk), str(images[0]), "--out", str(out)]) == 0
+    from cxrlab.inference.service import main as serve_main
+
+    with pytest.raises(SystemExit) as e:
+        serve_main(["--ckpt", str(tmp_path / "nope.ckpt")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--ckpt " in err and "nope.ckpt: no such file" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("fmt, name", [("onnx", "model.onnx"), ("torchscript", "model.pt")])
