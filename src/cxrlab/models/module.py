@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import pytorch_lightning as pl
+import numpy as np
 import torch
 import torchmetrics
 from torchmetrics import classification as tmc
@@ -31,19 +32,33 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "plateau")
 
 
+def float32_below(t: float) -> float:
+    """The largest float32 strictly below ``t``: for float32 probabilities p, ``p > it`` is
+    exactly ``p >= t``. cxrlab calls p >= t positive (the report, predictors, the threshold
+    policies); torchmetrics calls p > t positive. The threshold is an observed probability, so a
+    test image scored exactly t (a duplicate of a validation image) would otherwise count
+    differently in Lightning's metrics and in the report."""
+    t32 = np.float32(t)
+    if float(t32) < t:
+        return float(t32)
+    # torchmetrics takes thresholds in [0, 1] only: at t = 0 only an exact 0.0 differs
+    return max(0.0, float(np.nextafter(t32, np.float32(-np.inf))))
+
+
 def make_metrics(
     num_classes: int, prefix: str, threshold: float = 0.5
 ) -> torchmetrics.MetricCollection:
     """Binary: the positive class (index 1) at ``threshold``; multi-class: macro averages."""
     if num_classes == 2:
         t = float(threshold)
+        below = float32_below(t)
         m = {
             "auroc": tmc.BinaryAUROC(),
-            "accuracy": tmc.BinaryAccuracy(threshold=t),
-            "balanced_accuracy": BinaryBalancedAccuracy(threshold=t),
-            "f1": tmc.BinaryF1Score(threshold=t),
-            "sensitivity": tmc.BinaryRecall(threshold=t),
-            "specificity": tmc.BinarySpecificity(threshold=t),
+            "accuracy": tmc.BinaryAccuracy(threshold=below),
+            "balanced_accuracy": BinaryBalancedAccuracy(threshold=below),
+            "f1": tmc.BinaryF1Score(threshold=below),
+            "sensitivity": tmc.BinaryRecall(threshold=below),
+            "specificity": tmc.BinarySpecificity(threshold=below),
         }
     else:
         k = num_classes
@@ -59,7 +74,8 @@ def make_metrics(
 
 
 class BinaryBalancedAccuracy(torchmetrics.Metric):
-    """(sensitivity + specificity) / 2 at a threshold (torchmetrics has no binary one)."""
+    """(sensitivity + specificity) / 2 at a threshold (torchmetrics has no binary one);
+    positive when p > threshold, as torchmetrics' binary metrics."""
 
     def __init__(self, threshold: float = 0.5):
         super().__init__()
@@ -67,7 +83,7 @@ class BinaryBalancedAccuracy(torchmetrics.Metric):
         self.add_state("stats", torch.zeros(4), dist_reduce_fx="sum")
 
     def update(self, p: torch.Tensor, y: torch.Tensor) -> None:
-        pred, y = p >= self.threshold, y.bool()
+        pred, y = p > self.threshold, y.bool()
         counts = [(pred & y).sum(), (~pred & ~y).sum(), (pred & ~y).sum(), (~pred & y).sum()]
         self.stats += torch.stack(counts).float()
 
