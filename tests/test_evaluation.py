@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn import metrics as skm
 
 from cxrlab.evaluation.bootstrap import patient_bootstrap
@@ -98,6 +99,8 @@ def brute_force(y, p, policy):
         prec = tp / (tp + fp) if tp + fp else 1.0
         if name == "youden":
             score = sens + spec - 1
+        elif name == "f1":
+            score = 2 * prec * sens / (prec + sens) if prec + sens else 0.0
         elif name == "sensitivity":
             score = spec if sens >= value else None
         else:
@@ -108,7 +111,7 @@ def brute_force(y, p, policy):
 
 
 @pytest.mark.parametrize(
-    "policy", ["youden", "sensitivity=0.95", "sensitivity=0.8", "precision=0.9", "precision=0.7"]
+    "policy", ["youden", "f1", "sensitivity=0.95", "sensitivity=0.8", "precision=0.9", "precision=0.7"]
 )
 def test_threshold_policies_match_a_brute_force_search(policy):
     y, p = binary_case(60, seed=4)
@@ -130,6 +133,24 @@ def test_threshold_stays_a_probability_when_scores_saturate(policy):
     t = choose_threshold(y, p, policy)
     assert 0.0 <= t <= 1.0
     make_metrics(2, "test/", threshold=t)  # the test metrics accept it
+
+
+@pytest.mark.parametrize("policy", ["youden", "f1", "sensitivity=0.9", "precision=0.8"])
+def test_lightning_metrics_and_the_report_agree_on_scores_at_the_threshold(policy):
+    # the threshold is an observed validation score; test images scored exactly that (duplicate
+    # images, a near-constant untrained model) are positive in the report (p >= t), and must be
+    # in Lightning's torchmetrics too (which call p > t positive)
+    y, p = binary_case(80, seed=7)
+    p = np.round(p, 2).astype(np.float32)  # ties, and values that float32 cannot hold exactly
+    t = choose_threshold(y[:40], p[:40], policy)
+    ty, tp = y, p  # the validation images again, and 40 more
+    assert (tp == np.float32(t)).any()
+    mc = make_metrics(2, "test", threshold=t)
+    mc.update(torch.from_numpy(tp), torch.from_numpy(ty))
+    got = {k.split("/")[1]: float(v) for k, v in mc.compute().items()}
+    want = binary_metrics(ty, tp, t)
+    for k in ("accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity"):
+        assert got[k] == pytest.approx(want[k], abs=1e-6), k
 
 
 def test_unreachable_precision_on_saturated_scores_is_a_clear_error():

@@ -2,6 +2,7 @@
 
 Policies (``evaluation.threshold``):
 - ``youden``: maximize sensitivity + specificity - 1;
+- ``f1``: maximize F1 (the harmonic mean of precision and sensitivity) on validation;
 - ``sensitivity=0.95`` (or ``sensitivity:0.95``, which needs no quotes on a command line): the
   highest specificity among thresholds with sensitivity >= 0.95;
 - ``precision=0.9``: the highest sensitivity among thresholds with precision (PPV) >= 0.9;
@@ -25,8 +26,8 @@ def parse_policy(policy: str | float) -> tuple[str, float | None]:
     if isinstance(policy, (int, float)):
         policy = f"fixed={policy}"
     text = str(policy).strip()
-    if text == "youden":
-        return "youden", None
+    if text in ("youden", "f1"):
+        return text, None
     # sensitivity:0.95 is the same policy as sensitivity=0.95 and needs no quoting on a
     # command line (Hydra's override grammar takes no unquoted "=" in a value)
     sep = "=" if "=" in text else ":" if ":" in text else None
@@ -49,8 +50,8 @@ def parse_policy(policy: str | float) -> tuple[str, float | None]:
         return parse_policy(f"fixed={text}")
     except ValueError:
         raise ThresholdPolicyError(
-            f"evaluation.threshold={policy!r}: use youden, sensitivity=<x>, precision=<x> or "
-            "fixed=<x>"
+            f"evaluation.threshold={policy!r}: use youden, f1, sensitivity=<x>, precision=<x> "
+            "or fixed=<x>"
         ) from None
 
 
@@ -88,6 +89,9 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, policy: str | float) -> float
     sens, spec, prec = _rates(y, p, cand)
     if name == "youden":
         score = sens + spec - 1
+    elif name == "f1":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = np.nan_to_num(2 * prec * sens / (prec + sens))
     elif name == "sensitivity":
         score = np.where(sens >= value - 1e-12, spec, -np.inf)
     else:  # precision
