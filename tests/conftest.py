@@ -16,6 +16,18 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("CXRLAB_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped without it (benchmarks/gpu_check.py runs them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run on a GPU machine: pytest -m gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def compose_train(overrides: list[str], tmp: Path | None = None) -> DictConfig:
     """The composed train config, with run/data folders under ``tmp`` when given."""
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
@@ -26,6 +38,25 @@ def compose_train(overrides: list[str], tmp: Path | None = None) -> DictConfig:
             cfg.paths.log_dir = str(tmp / "logs")
             cfg.hydra.runtime.output_dir = str(tmp / "run")
     return cfg
+
+
+def train_in_process(overrides: list[str], tmp: Path) -> tuple[dict, dict]:
+    """train.py's work without a new interpreter (lightning-hydra-template's ``cfg_train``
+    way): the composed config with its run, data and log folders under ``tmp``, then
+    ``cxrlab.training.train``. For tests where a subprocess proves nothing more."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from cxrlab.training import train
+
+    cfg = compose_train(overrides, tmp)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.data_dir = str(tmp / "data")
+        del cfg.hydra  # as @hydra.main hands it over: the job's config only
+    try:
+        return train(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 @pytest.fixture(scope="session")

@@ -100,7 +100,7 @@ def test_rejects_other_types_and_bad_values():
         AugmentConfig(horizontal_flip=2)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_runs_on_the_gpu():
     x = batch().cuda().half()
     y = BatchAugment(FULL)(x)

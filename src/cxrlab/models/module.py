@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-import pytorch_lightning as pl
 import numpy as np
+import pytorch_lightning as pl
 import torch
 import torchmetrics
 from torchmetrics import classification as tmc

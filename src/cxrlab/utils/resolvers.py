@@ -41,7 +41,37 @@ def resume_dir(ckpt_path, fallback: str) -> str:
     return fallback
 
 
+def precision(accelerator="auto") -> str:
+    """``${cxrlab.precision:${trainer.accelerator}}``: the fastest safe precision where the run
+    trains: bf16-mixed on GPUs that support bfloat16 (Ampere and later), 16-mixed on older
+    GPUs (Lightning scales the loss), 32-true on CPUs (bfloat16 autocast is slow on most)."""
+    acc = str(accelerator or "auto").lower()
+    if acc == "cpu":
+        return "32-true"
+    import torch
+
+    if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def workers(most=8) -> int:
+    """``${cxrlab.workers:8}``: DataLoader workers, at most ``most`` and one fewer than the
+    CPUs this process may use (the main process feeds the GPU), at least 0."""
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(int(most), cpus - 1))
+
+
 def register() -> None:
+    if not OmegaConf.has_resolver("cxrlab.precision"):
+        OmegaConf.register_new_resolver("cxrlab.precision", precision)
+    if not OmegaConf.has_resolver("cxrlab.workers"):
+        OmegaConf.register_new_resolver("cxrlab.workers", workers)
     if not OmegaConf.has_resolver("cxrlab.resume_dir"):
         OmegaConf.register_new_resolver("cxrlab.resume_dir", resume_dir)
     if not OmegaConf.has_resolver("cxrlab.default"):
