@@ -111,7 +111,8 @@ def brute_force(y, p, policy):
 
 
 @pytest.mark.parametrize(
-    "policy", ["youden", "f1", "sensitivity=0.95", "sensitivity=0.8", "precision=0.9", "precision=0.7"]
+    "policy",
+    ["youden", "f1", "sensitivity=0.95", "sensitivity=0.8", "precision=0.9", "precision=0.7"],
 )
 def test_threshold_policies_match_a_brute_force_search(policy):
     y, p = binary_case(60, seed=4)

@@ -50,8 +50,15 @@ class AugmentConfig:
 
     @property
     def geometric(self) -> bool:
-        return bool(self.rotation or self.scaling or self.shear or self.translation
-                    or self.horizontal_flip or self.vertical_flip or self.crop_scale < 1)
+        return bool(
+            self.rotation
+            or self.scaling
+            or self.shear
+            or self.translation
+            or self.horizontal_flip
+            or self.vertical_flip
+            or self.crop_scale < 1
+        )
 
     @property
     def photometric(self) -> bool:
@@ -147,18 +154,28 @@ class BatchAugment(torch.nn.Module):
         p = self.draw(n, x8)
         if "theta" in p:
             # normalized output->input map (align_corners=False) to pixels: S^-1 @ theta @ S
-            s = torch.tensor([[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]],
-                             dtype=torch.float64)
+            s = torch.tensor(
+                [[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]], dtype=torch.float64
+            )
             s_inv = torch.linalg.inv(s)
-            theta = torch.cat([p["theta"].double(), torch.tensor([[[0, 0, 1.0]]]).expand(n, 1, 3)], 1)
+            theta = torch.cat(
+                [p["theta"].double(), torch.tensor([[[0, 0, 1.0]]]).expand(n, 1, 3)], 1
+            )
             mats = (s_inv @ theta @ s)[:, :2].numpy()
             src = x8.numpy()
             out = np.empty_like(src)
             flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
             for i in range(n):
                 for c in range(ch):
-                    cv2.warpAffine(src[i, c], mats[i], (w, h), dst=out[i, c], flags=flags,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                    cv2.warpAffine(
+                        src[i, c],
+                        mats[i],
+                        (w, h),
+                        dst=out[i, c],
+                        flags=flags,
+                        borderMode=cv2.BORDER_CONSTANT,
+                        borderValue=0,
+                    )
             x8 = torch.from_numpy(out)
         # brightness / contrast / gamma as one lookup table per sample, in the float order;
         # cv2.LUT with a float32 table also does the uint8 -> [0, 1] conversion
@@ -218,23 +235,39 @@ def albumentations_pipeline(cfg: AugmentConfig, size: int):
 
     steps = []
     if cfg.crop_scale < 1:
-        steps.append(A.RandomResizedCrop(size=(size, size), scale=(cfg.crop_scale, 1.0),
-                                         ratio=(1.0, 1.0), p=1.0))
+        steps.append(
+            A.RandomResizedCrop(
+                size=(size, size), scale=(cfg.crop_scale, 1.0), ratio=(1.0, 1.0), p=1.0
+            )
+        )
     if cfg.rotation or cfg.scaling or cfg.shear or cfg.translation:
-        steps.append(A.Affine(scale=(1 - cfg.scaling, 1 + cfg.scaling),
-                              translate_percent=(-cfg.translation, cfg.translation),
-                              rotate=(-cfg.rotation, cfg.rotation), shear=(-cfg.shear, cfg.shear),
-                              border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0))
+        steps.append(
+            A.Affine(
+                scale=(1 - cfg.scaling, 1 + cfg.scaling),
+                translate_percent=(-cfg.translation, cfg.translation),
+                rotate=(-cfg.rotation, cfg.rotation),
+                shear=(-cfg.shear, cfg.shear),
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                p=1.0,
+            )
+        )
     if cfg.horizontal_flip:
         steps.append(A.HorizontalFlip(p=cfg.horizontal_flip))
     if cfg.vertical_flip:
         steps.append(A.VerticalFlip(p=cfg.vertical_flip))
     if cfg.brightness or cfg.contrast:
-        steps.append(A.RandomBrightnessContrast(brightness_limit=cfg.brightness,
-                                                contrast_limit=cfg.contrast, p=1.0))
+        steps.append(
+            A.RandomBrightnessContrast(
+                brightness_limit=cfg.brightness, contrast_limit=cfg.contrast, p=1.0
+            )
+        )
     if cfg.gamma:
-        steps.append(A.RandomGamma(gamma_limit=(100 * math.exp(-cfg.gamma),
-                                                100 * math.exp(cfg.gamma)), p=1.0))
+        steps.append(
+            A.RandomGamma(
+                gamma_limit=(100 * math.exp(-cfg.gamma), 100 * math.exp(cfg.gamma)), p=1.0
+            )
+        )
     if cfg.noise:
         steps.append(A.GaussNoise(std_range=(0.0, cfg.noise), p=1.0))
     return A.Compose(steps)

@@ -21,9 +21,9 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from cxrlab.data.augment import AUGMENT_DEVICES, AugmentConfig, albumentations_pipeline
-from cxrlab.data.samplers import DistributedWeightedSampler, class_balanced_weights
 from cxrlab.data.cache import ImageCache, build_cache
 from cxrlab.data.preprocess import PreprocessSpec
+from cxrlab.data.samplers import DistributedWeightedSampler, class_balanced_weights
 from cxrlab.data.selection import (
     SPLITS,
     SelectionError,
@@ -108,7 +108,9 @@ class CXRDataModule(pl.LightningDataModule):
         split = dict(split or {})
         self.split_policy = split.get("policy", "resplit")
         if self.split_policy not in SPLIT_POLICIES:
-            raise ValueError(f"data.split.policy={self.split_policy!r}: use one of {SPLIT_POLICIES}")
+            raise ValueError(
+                f"data.split.policy={self.split_policy!r}: use one of {SPLIT_POLICIES}"
+            )
         self.ratios = check_ratios(split.get("ratios", {"train": 0.6, "val": 0.2, "test": 0.2}))
         self.split_seed = int(split.get("seed", seed))
         self.preprocess = PreprocessSpec(**dict(preprocess or {}))
@@ -132,7 +134,9 @@ class CXRDataModule(pl.LightningDataModule):
         aug = dict(augment or {})
         self.augment_device = aug.pop("device", "gpu_batch")
         if self.augment_device not in AUGMENT_DEVICES:
-            raise ValueError(f"augment.device={self.augment_device!r}: use one of {AUGMENT_DEVICES}")
+            raise ValueError(
+                f"augment.device={self.augment_device!r}: use one of {AUGMENT_DEVICES}"
+            )
         self.augment_cfg = AugmentConfig(**aug)
         self.manifest: pd.DataFrame | None = None
         self._index: tuple[pd.DataFrame, list[str]] | None = None
@@ -179,8 +183,10 @@ class CXRDataModule(pl.LightningDataModule):
         df = balanced_subset(df, self.dataset_size, self.classes, self.seed)
         if self.split_policy == "official":
             if "official_split" not in df:
-                raise SelectionError(f"data.split.policy=official: {self.source_name} has no "
-                                     "official split; use data.split.policy=resplit")
+                raise SelectionError(
+                    f"data.split.policy=official: {self.source_name} has no "
+                    "official split; use data.split.policy=resplit"
+                )
             df = df.assign(split=df["official_split"])
         else:
             df = df.assign(split=patient_grouped_split(df, self.ratios, self.split_seed))
@@ -205,16 +211,23 @@ class CXRDataModule(pl.LightningDataModule):
         if self._sets:
             return
         df = self.select()
-        cache = build_cache(df["path"].tolist(), self.preprocess, self.cache_dir,
-                            workers=max(1, self.num_workers), progress=self.progress)
+        cache = build_cache(
+            df["path"].tolist(),
+            self.preprocess,
+            self.cache_dir,
+            workers=max(1, self.num_workers),
+            progress=self.progress,
+        )
         bad = cache.unreadable
         if bad:
             listing = "\n".join(f"  {p}: {r}" for p, r in list(bad.items())[:20])
             if self.on_bad_file == "error":
-                raise SelectionError(f"{len(bad)} unreadable images (data.on_bad_file=error):\n"
-                                     f"{listing}")
-            log.warning("Skipping %d unreadable images (data.on_bad_file=skip):\n%s", len(bad),
-                        listing)
+                raise SelectionError(
+                    f"{len(bad)} unreadable images (data.on_bad_file=error):\n{listing}"
+                )
+            log.warning(
+                "Skipping %d unreadable images (data.on_bad_file=skip):\n%s", len(bad), listing
+            )
         self.skipped = dict(bad)
         label_index = {c: i for i, c in enumerate(self.classes)}
         for s in SPLITS:
@@ -237,7 +250,12 @@ class CXRDataModule(pl.LightningDataModule):
             sampler = DistributedWeightedSampler(
                 class_balanced_weights(labels), self.epoch_size or len(labels), seed=self.seed
             )
-        elif not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        elif (
+            not train
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        ):
             # evaluation shards without DistributedSampler's padding: every image is counted
             # once in the synchronized metrics that checkpointing and early stopping monitor
             sampler = UnrepeatedDistributedSampler(self.dataset(split), shuffle=False)

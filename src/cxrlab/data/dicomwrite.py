@@ -49,7 +49,9 @@ def write_dicom(
 
     pixels = np.asarray(pixels)
     if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"write_dicom: need a 2-D uint8/uint16 array, got {pixels.dtype} {pixels.shape}")
+        raise ValueError(
+            f"write_dicom: need a 2-D uint8/uint16 array, got {pixels.dtype} {pixels.shape}"
+        )
     if syntax not in SYNTAXES:
         raise ValueError(f"write_dicom: syntax {syntax!r} is not one of {list(SYNTAXES)}")
     allocated = 8 if pixels.dtype == np.uint8 else 16

@@ -95,12 +95,16 @@ def summarize(dm: CXRDataModule, header_sample: int | None, progress: bool, seed
                 "mean": round(float(per_patient.mean()), 2),
                 "median": float(per_patient.median()),
                 "max": int(per_patient.max()),
-                "histogram": {int(k): int(v) for k, v in per_patient.value_counts().sort_index().items()},
+                "histogram": {
+                    int(k): int(v) for k, v in per_patient.value_counts().sort_index().items()
+                },
             },
         },
     }
     if "subtype" in full and dm.task == "binary":
-        summary["index"]["subtypes"] = {k: int(v) for k, v in full["subtype"].value_counts().items()}
+        summary["index"]["subtypes"] = {
+            k: int(v) for k, v in full["subtype"].value_counts().items()
+        }
     if "view" in full:
         summary["index"]["views"] = {str(k): int(v) for k, v in full["view"].value_counts().items()}
     summary["index"]["left_out_by_source"] = dict(dm.dropped)
@@ -164,7 +168,9 @@ def _stats(s: pd.Series) -> dict:
     return {"min": num(s.min()), "median": num(s.median()), "max": num(s.max())}
 
 
-def samples(df: pd.DataFrame, classes: list[str], per_class: int, seed: int) -> dict[str, list[str]]:
+def samples(
+    df: pd.DataFrame, classes: list[str], per_class: int, seed: int
+) -> dict[str, list[str]]:
     out = {}
     for c in classes:
         part = df[df["label"] == c]
@@ -173,7 +179,9 @@ def samples(df: pd.DataFrame, classes: list[str], per_class: int, seed: int) -> 
     return out
 
 
-def plot_all(summary, full, selected, head, out: Path, spec: PreprocessSpec, per_class: int, seed: int):
+def plot_all(
+    summary, full, selected, head, out: Path, spec: PreprocessSpec, per_class: int, seed: int
+):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,8 +204,14 @@ def plot_all(summary, full, selected, head, out: Path, spec: PreprocessSpec, per
             ax.bar(names, vals, bottom=bottom, label=c)
             bottom += vals
         for i, s in enumerate(names):
-            ax.text(i, bottom[i], f"{splits[s]['images']} img\n{splits[s]['patients']} pat",
-                    ha="center", va="bottom", fontsize=8)
+            ax.text(
+                i,
+                bottom[i],
+                f"{splits[s]['images']} img\n{splits[s]['patients']} pat",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         ax.set_title(title)
         ax.set_ylabel("images")
         ax.set_ylim(0, bottom.max() * 1.25 if len(bottom) else 1)
@@ -237,7 +251,9 @@ def plot_all(summary, full, selected, head, out: Path, spec: PreprocessSpec, per
     written.append(_save(fig, out / "intensity_per_class.png"))
 
     cols = min(6, max((len(v) for v in images.values()), default=1))
-    fig, axes = plt.subplots(len(classes), cols, figsize=(1.8 * cols, 1.9 * len(classes)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(classes), cols, figsize=(1.8 * cols, 1.9 * len(classes)), squeeze=False
+    )
     for r, c in enumerate(classes):
         for k in range(cols):
             ax = axes[r][k]
@@ -275,7 +291,10 @@ def markdown(summary: dict, pictures: list[Path]) -> str:
         "",
         f"- images: {idx['images']}, patients: {idx['patients']}"
         + (f", studies: {idx['studies']}" if idx.get("studies") else ""),
-        "- classes: " + ", ".join(f"{c} {n} ({n / max(1, idx['images']):.0%})" for c, n in idx["classes"].items()),
+        "- classes: "
+        + ", ".join(
+            f"{c} {n} ({n / max(1, idx['images']):.0%})" for c, n in idx["classes"].items()
+        ),
         f"- images per patient: mean {idx['images_per_patient']['mean']}, "
         f"max {idx['images_per_patient']['max']}",
     ]
@@ -301,12 +320,19 @@ def markdown(summary: dict, pictures: list[Path]) -> str:
         lines.append(
             f"- width {h['width']['min']}-{h['width']['max']} px (median {h['width']['median']}), "
             f"height {h['height']['min']}-{h['height']['max']} px (median {h['height']['median']}); "
-            "formats " + ", ".join(f"{k} {v}" for k, v in h["formats"].items())
-            + "; bit depths " + ", ".join(f"{k} {v}" for k, v in h["bit_depths"].items())
+            "formats "
+            + ", ".join(f"{k} {v}" for k, v in h["formats"].items())
+            + "; bit depths "
+            + ", ".join(f"{k} {v}" for k, v in h["bit_depths"].items())
         )
     if "official_splits" in summary:
         leak = summary["official_split_leakage"]["patients_in_several_official_splits"]
-        lines += ["", "## Official splits (as shipped)", "", _table(summary["official_splits"], summary["classes"])]
+        lines += [
+            "",
+            "## Official splits (as shipped)",
+            "",
+            _table(summary["official_splits"], summary["classes"]),
+        ]
         lines.append(f"\nPatients in more than one official split: {leak}")
     rs = summary["run_selection"]
     lines += [
@@ -358,7 +384,9 @@ def explore(cfg) -> dict:
         dm, ex.header_sample, ex.progress, int(cfg.seed)
     )
     splits.to_csv(out / "splits.csv", index=False)
-    pictures = plot_all(summary, full, selected, head, out, dm.preprocess, int(ex.samples_per_class), int(cfg.seed))
+    pictures = plot_all(
+        summary, full, selected, head, out, dm.preprocess, int(ex.samples_per_class), int(cfg.seed)
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(markdown(summary, pictures))
     log.info("Dataset report: %s (summary.md, summary.json, %d pictures)", out, len(pictures))
@@ -375,15 +403,22 @@ def log_to_wandb(summary: dict, out: Path, pictures: list[Path], settings: dict)
 
     settings.pop("_target_", None)
     lg = wandb_logger(**settings)
-    rows = [[s, v["images"], v["patients"], *v["classes"].values()] for s, v in summary["run_selection"]["splits"].items()]
+    rows = [
+        [s, v["images"], v["patients"], *v["classes"].values()]
+        for s, v in summary["run_selection"]["splits"].items()
+    ]
     run = lg.experiment
     run.log(
         {
-            "splits": wandb.Table(columns=["split", "images", "patients", *summary["classes"]], data=rows),
+            "splits": wandb.Table(
+                columns=["split", "images", "patients", *summary["classes"]], data=rows
+            ),
             **{p.stem: wandb.Image(str(p)) for p in pictures},
         }
     )
-    art = wandb.Artifact(f"{summary['dataset']}-{summary['task']}-report", type="dataset", metadata=summary["index"])
+    art = wandb.Artifact(
+        f"{summary['dataset']}-{summary['task']}-report", type="dataset", metadata=summary["index"]
+    )
     art.add_dir(str(out))
     run.log_artifact(art)
     wandb.finish()

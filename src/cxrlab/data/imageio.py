@@ -8,6 +8,7 @@ pydicom (modality LUT / rescale, VOI LUT or window, MONOCHROME1 inverted). Every
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def read_bitmap(path: str | Path, data: bytes | None = None) -> tuple[np.ndarray
         raise UnreadableImageError(path, "empty file")
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise UnreadableImageError(path, "not a decodable image (corrupt, truncated or not an image)")
+        raise UnreadableImageError(
+            path, "not a decodable image (corrupt, truncated or not an image)"
+        )
     arr = _to_gray(arr)
     if arr.dtype == np.uint8:
         return arr, 255.0
@@ -89,7 +92,10 @@ def _output_range(ds) -> tuple[float, float]:
         bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
         return 0.0, 2.0**bits - 1
     lo, hi = _stored_range(ds)
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = (
+        float(ds.get("RescaleSlope", 1) or 1),
+        float(ds.get("RescaleIntercept", 0) or 0),
+    )
     lo, hi = lo * slope + intercept, hi * slope + intercept
     return min(lo, hi), max(lo, hi)
 
@@ -124,10 +130,9 @@ def read_dicom(
         )
     plugin = PREFERRED_DECODERS.get(str(ds.file_meta.get("TransferSyntaxUID", "")))
     if plugin:
-        try:
+        # not installed or unavailable: pydicom picks another decoder
+        with contextlib.suppress(Exception):
             ds.pixel_array_options(decoding_plugin=plugin)
-        except Exception:  # not installed or unavailable: pydicom picks another decoder
-            pass
     try:
         arr = ds.pixel_array
     except Exception as e:

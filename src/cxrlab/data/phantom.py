@@ -71,7 +71,9 @@ class PhantomConfig:
         """The settings a generated phantom folder was drawn with (its ``phantom.json``)."""
         saved = json.loads((Path(root) / "phantom.json").read_text())
         names = {f.name for f in fields(cls)} - {"workers"}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names})
+        return cls(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names}
+        )
 
 
 @dataclass
@@ -305,8 +307,15 @@ def _render_image(
     out = (np.clip(img, 0, 1) * 255).astype(np.uint8)
     # a burnt-in side marker at a corner, as on many real radiographs
     if rng.random() < 0.3:
-        cv2.putText(out, "R", (int(0.05 * out_w), int(0.08 * out_h)), cv2.FONT_HERSHEY_SIMPLEX,
-                    out_w / 600, 255, max(1, out_w // 300))
+        cv2.putText(
+            out,
+            "R",
+            (int(0.05 * out_w), int(0.08 * out_h)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            out_w / 600,
+            255,
+            max(1, out_w // 300),
+        )
     return out, lesion
 
 
@@ -395,8 +404,16 @@ def plan(cfg: PhantomConfig) -> list[_Job]:
                 name = f"person{pid}_{anat.finding}_{image_counter}.jpeg"
             width = int(rng.integers(cfg.width_range[0], cfg.width_range[1] + 1))
             rel = f"chest_xray/{split_of[pid]}/{folder}/{name}"
-            jobs.append(_Job(rel, f"masks/{split_of[pid]}/{folder}/{Path(name).stem}.png", anat,
-                             int(rng.integers(2**31)), width, cfg.jpeg_quality))
+            jobs.append(
+                _Job(
+                    rel,
+                    f"masks/{split_of[pid]}/{folder}/{Path(name).stem}.png",
+                    anat,
+                    int(rng.integers(2**31)),
+                    width,
+                    cfg.jpeg_quality,
+                )
+            )
     return jobs
 
 
@@ -456,7 +473,9 @@ def preview(out: str | Path, seed: int = 0, per_class: int = 3, tile: int = 256)
             color = cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR)
             contours, _ = cv2.findContours(m[:tile], cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(color, contours, -1, (0, 0, 255), 1)
-            cv2.putText(color, finding, (6, tile - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
+            cv2.putText(
+                color, finding, (6, tile - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1
+            )
             tiles.append(color)
         rows.append(np.hstack(tiles))
     out = Path(out)

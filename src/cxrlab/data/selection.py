@@ -94,9 +94,7 @@ def _even_draw(rows: pd.DataFrame, n: int, rng: np.random.Generator) -> np.ndarr
     return np.sort(np.array(chosen))
 
 
-def patient_grouped_split(
-    df: pd.DataFrame, ratios: Mapping[str, float], seed: int
-) -> pd.Series:
+def patient_grouped_split(df: pd.DataFrame, ratios: Mapping[str, float], seed: int) -> pd.Series:
     """Assign each row to train/val/test so that no patient is in two splits.
 
     Stratified by each patient's majority label: within each label, patients are shuffled and
@@ -125,7 +123,9 @@ def patient_grouped_split(
         filled = dict.fromkeys(SPLITS, 0.0)
         for p, n in zip(patients.tolist(), n_images):
             # the split with the largest unmet share; ties go to the earlier split name
-            best = max(live, key=lambda s: ((targets[s] - filled[s]) / targets[s], -SPLITS.index(s)))
+            best = max(
+                live, key=lambda s: ((targets[s] - filled[s]) / targets[s], -SPLITS.index(s))
+            )
             assignment[p] = best
             filled[best] += n
     return df["patient_id"].map(assignment).rename("split")

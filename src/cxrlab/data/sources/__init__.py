@@ -54,7 +54,10 @@ def files_by_name(root, suffixes) -> dict[str, str]:
 
 def note_dropped(df: pd.DataFrame, dropped: dict[str, int]) -> pd.DataFrame:
     """Attach ``{reason: count}`` of rows a source left out; the datamodule reports them."""
-    df.attrs["dropped"] = {**df.attrs.get("dropped", {}), **{k: int(v) for k, v in dropped.items() if v}}
+    df.attrs["dropped"] = {
+        **df.attrs.get("dropped", {}),
+        **{k: int(v) for k, v in dropped.items() if v},
+    }
     return df
 
 

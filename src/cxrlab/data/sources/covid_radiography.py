@@ -72,7 +72,5 @@ def index(root: str | Path, task: str = "multiclass", classes: list[str] | None 
         "covid_radiography publishes no patient ids: each image counts as its own patient, so "
         "a patient with several images may appear in two splits (see docs/datasets.md)"
     )
-    df = note_dropped(
-        pd.DataFrame(rows), {**dropped, "class not in data.source.classes": left_out}
-    )
+    df = note_dropped(pd.DataFrame(rows), {**dropped, "class not in data.source.classes": left_out})
     return validate_manifest(df, classes, "covid_radiography"), classes

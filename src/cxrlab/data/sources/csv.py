@@ -36,7 +36,10 @@ def index(
             )
     raw = raw.dropna(subset=[path_column, label_column])
     base = Path(root) if root else file.parent
-    paths = [p if Path(p).is_absolute() else str((base / p).resolve()) for p in raw[path_column].astype(str)]
+    paths = [
+        p if Path(p).is_absolute() else str((base / p).resolve())
+        for p in raw[path_column].astype(str)
+    ]
     labels = raw[label_column].astype(str).tolist()
     classes = list(classes) if classes else sorted(set(labels))
     if task == "binary" and len(classes) != 2:

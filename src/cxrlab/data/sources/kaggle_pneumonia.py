@@ -30,7 +30,9 @@ def parse_name(name: str, folder: str) -> tuple[str, str]:
     if folder.upper() == "PNEUMONIA":
         m = _PNEUMONIA.match(stem)
         if not m:
-            raise SourceError(f"{name}: a PNEUMONIA file name should look like person12_bacteria_47")
+            raise SourceError(
+                f"{name}: a PNEUMONIA file name should look like person12_bacteria_47"
+            )
         return m.group(1).lower(), m.group(2).lower()
     m = _NORMAL.match(stem)
     return (m.group(1).upper() if m else stem), "normal"
@@ -64,9 +66,20 @@ def index(root: str | Path, task: str = "binary") -> tuple[pd.DataFrame, list[st
                 except SourceError:
                     dropped[NO_PATIENT] = dropped.get(NO_PATIENT, 0) + 1
                     continue
-                label = subtype if task == "multiclass" else (
-                    "normal" if subtype == "normal" else "pneumonia")
-                rows.append({"path": str(f.resolve()), "label": label, "patient_id": patient,
-                             "subtype": subtype, "official_split": split, "view": "PA"})
+                label = (
+                    subtype
+                    if task == "multiclass"
+                    else ("normal" if subtype == "normal" else "pneumonia")
+                )
+                rows.append(
+                    {
+                        "path": str(f.resolve()),
+                        "label": label,
+                        "patient_id": patient,
+                        "subtype": subtype,
+                        "official_split": split,
+                        "view": "PA",
+                    }
+                )
     df = note_dropped(pd.DataFrame(rows), dropped)
     return validate_manifest(df, TASKS[task], "kaggle_pneumonia"), TASKS[task]

@@ -22,8 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlab.data.sources import SourceError, attach_paths, files_by_name, note_dropped
-from cxrlab.data.sources import validate_manifest
+from cxrlab.data.sources import (
+    SourceError,
+    attach_paths,
+    files_by_name,
+    note_dropped,
+    validate_manifest,
+)
 
 FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema",
@@ -57,7 +62,9 @@ def labels(
     views: list[str] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """The label file alone -> rows (``image``, ``label``, ``patient_id``, ``view``) and classes."""
-    raw = pd.read_csv(label_file, usecols=["Image Index", "Finding Labels", "Patient ID", "View Position"])
+    raw = pd.read_csv(
+        label_file, usecols=["Image Index", "Finding Labels", "Patient ID", "View Position"]
+    )
     dropped: dict[str, int] = {}
     if views:
         keep = raw["View Position"].isin(list(views))

@@ -23,8 +23,13 @@ from pathlib import Path
 import pandas as pd
 
 from cxrlab.data.imageio import dicom_tags
-from cxrlab.data.sources import SourceError, attach_paths, files_by_name, note_dropped
-from cxrlab.data.sources import validate_manifest
+from cxrlab.data.sources import (
+    SourceError,
+    attach_paths,
+    files_by_name,
+    note_dropped,
+    validate_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,9 @@ def labels(label_file: str | Path, task: str = "binary", detailed_file: str | Pa
     per_image = raw.groupby("patientId", sort=False).agg(
         target=("Target", "max"), boxes=("Target", "sum")
     )
-    df = pd.DataFrame({"image_id": per_image.index.astype(str), "boxes": per_image["boxes"].to_numpy()})
+    df = pd.DataFrame(
+        {"image_id": per_image.index.astype(str), "boxes": per_image["boxes"].to_numpy()}
+    )
     if task == "binary":
         df["label"] = per_image["target"].map({0: "normal", 1: "pneumonia"}).to_numpy()
     else:
@@ -67,7 +74,11 @@ def shipped_views() -> dict[str, str]:
         import torchxrayvision
     except ImportError:
         return {}
-    f = Path(torchxrayvision.__file__).parent / "data" / "kaggle_stage_2_train_images_dicom_headers.csv.gz"
+    f = (
+        Path(torchxrayvision.__file__).parent
+        / "data"
+        / "kaggle_stage_2_train_images_dicom_headers.csv.gz"
+    )
     if not f.is_file():
         return {}
     table = pd.read_csv(f, usecols=["PatientID", "ViewPosition"])
@@ -84,7 +95,9 @@ def index(root: str | Path, task: str = "binary", views: list[str] | None = None
     if not label_file.is_file():
         raise SourceError(f"{label_file} does not exist. {HINT}")
     df, classes = labels(label_file, task, root / "stage_2_detailed_class_info.csv")
-    files = {Path(n).stem: p for n, p in files_by_name(root / "stage_2_train_images", {".dcm"}).items()}
+    files = {
+        Path(n).stem: p for n, p in files_by_name(root / "stage_2_train_images", {".dcm"}).items()
+    }
     df = attach_paths(df, df["image_id"], files, f"rsna_pneumonia at {root}", HINT)
     known = shipped_views()
     view = df["image_id"].map(known)
@@ -93,6 +106,8 @@ def index(root: str | Path, task: str = "binary", views: list[str] | None = None
     df["view"] = view.to_numpy()
     if views:
         keep = df["view"].isin(list(views))
-        df = note_dropped(df[keep].reset_index(drop=True), {f"view not in {list(views)}": int((~keep).sum())})
+        df = note_dropped(
+            df[keep].reset_index(drop=True), {f"view not in {list(views)}": int((~keep).sum())}
+        )
     df["patient_id"] = df["image_id"]
     return validate_manifest(df.drop(columns="image_id"), classes, "rsna_pneumonia"), classes

@@ -82,7 +82,9 @@ def index(
                 rows.append({"path": str(f.resolve()), "label": label, "study_id": study})
     no_images = int(len(studies) - len({r["study_id"] for r in rows}))
     if not rows:
-        raise SourceError(f"{root}/train: no DICOM files for the studies in {label_file.name}. {HINT}")
+        raise SourceError(
+            f"{root}/train: no DICOM files for the studies in {label_file.name}. {HINT}"
+        )
     df = pd.DataFrame(rows)
     with ThreadPoolExecutor(max(1, int(workers))) as pool:
         heads = list(track(pool.map(_header, df["path"]), total=len(df), description="headers",
@@ -104,7 +106,9 @@ def index(
         f"view not in {sorted(wanted)}" if wanted else "view": int(other_view.sum()),
         "image of a multi-image study with no ViewPosition": int(amb.sum()),
     }
-    df = note_dropped(df[~amb].reset_index(drop=True), {**studies.attrs.get("dropped", {}), **dropped})
+    df = note_dropped(
+        df[~amb].reset_index(drop=True), {**studies.attrs.get("dropped", {}), **dropped}
+    )
     if df.attrs["dropped"]:
         log.info("siim_covid left out: %s", df.attrs["dropped"])
     return validate_manifest(df, TASKS[task], "siim_covid"), TASKS[task]

@@ -11,7 +11,10 @@ from cxrlab.data.sources import kaggle_pneumonia
 
 
 def index(
-    root: str | Path, task: str = "binary", num_patients: int = 800, seed: int = 0,
+    root: str | Path,
+    task: str = "binary",
+    num_patients: int = 800,
+    seed: int = 0,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, list[str]]:
     cfg = phantom.PhantomConfig(num_patients=num_patients, seed=seed)
