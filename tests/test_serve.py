@@ -139,6 +139,29 @@ def test_bad_uploads_get_clear_4xx_never_500(served, name, ctype, data, status, 
     assert text in r.json()["detail"]
 
 
+def test_a_fault_of_the_server_is_a_500_with_the_traceback_in_its_log(served, caplog):
+    """A client's bad upload is 4xx; the server's own fault must not hide among them."""
+    from fastapi.testclient import TestClient
+
+    from cxrlab.inference.service import create_app
+
+    url, ckpt, images, _ = served
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+
+    def out_of_memory(batch):  # what a real fault looks like from here
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    predictor.predict_arrays = out_of_memory
+    client = TestClient(create_app(predictor), raise_server_exceptions=False)
+    with caplog.at_level("ERROR"):
+        r = client.post("/predict", files={"file": ("x.jpeg", images[0].read_bytes())})
+    assert r.status_code == 500
+    assert "RuntimeError" in r.json()["detail"] and "2.00 GiB" not in r.json()["detail"]
+    assert "CUDA out of memory" in caplog.text  # the traceback is in the server's log
+    ok = client.post("/predict", files={"file": ("x.jpeg", b"not an image")})
+    assert ok.status_code == 422  # bad uploads stay client errors
+
+
 def test_batch_and_its_limit(served):
     url, _, images, _ = served
     files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in images[:3]]

@@ -2,9 +2,10 @@
 
 Uploads go through the training run's exact read/preprocess path (``imageio.read_image`` via
 ``load_preprocessed``, decoded from the upload's bytes in memory with its suffix), so PNG, JPEG
-and DICOM are read by the same rules as in training. Bad input never becomes a 500: unsupported types
-are 415, files that do not decode are 422 with the reason, uploads over the size limit and
-batches over the count limit are 413. Inference runs in a worker thread (the event loop stays
+and DICOM are read by the same rules as in training. Bad input never becomes a 500: unsupported
+types are 415, files that do not decode are 422 with the reason, uploads over the size limit and
+batches over the count limit are 413. A fault of the server itself (not the client's) is a 500,
+so monitoring sees it, with the traceback in the server log and no internals in the answer. Inference runs in a worker thread (the event loop stays
 free); one lock serializes the model, so concurrent requests are answered correctly.
 """
 
@@ -166,9 +167,14 @@ def create_app(
         ]
 
     @app.exception_handler(Exception)
-    async def never_500(request: Request, exc: Exception):  # the last line of defence
+    async def server_error(request: Request, exc: Exception):
+        # not the client's fault (bad uploads are 4xx above): a 500 that monitoring counts, the
+        # traceback in the server's log, and nothing of the internals in the answer
         log.exception("Unexpected error on %s", request.url.path)
-        return JSONResponse(status_code=422, content={"detail": f"{type(exc).__name__}: {exc}"})
+        return JSONResponse(
+            status_code=500,
+            content={"detail": f"internal server error ({type(exc).__name__}); see the server log"},
+        )
 
     @app.get("/health")
     def health() -> dict:
