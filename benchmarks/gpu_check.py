@@ -9,7 +9,7 @@ It measures, on the phantom (no dataset, no download, no internet needed):
    the GPU), channels_last, augmentation and fine-tuning policy, against the same model's
    ceiling (optimizer steps on random tensors already on the device, same precision and memory
    format), and the peak GPU memory of each;
-2. augment: GPU batch augmentation (augment.device=gpu_batch) against the CPU route
+2. augment: GPU batch augmentation (augment.device=batch) against the CPU route
    (augment.device=cpu: albumentations per image in the loader workers), same ranges;
 3. ddp: ``python train.py trainer=ddp trainer.devices=1`` end to end (fit + test) on the GPU;
 4. tests: ``pytest -m gpu`` (the tests that need CUDA; skipped elsewhere).
@@ -189,12 +189,12 @@ def check_recipes(phantom: Path, cache: Path, tiny: list[str], steps: int, warm:
 def check_augment(phantom: Path, cache: Path, tiny: list[str], steps: int, warm: int) -> dict:
     """resnet18_pneumonia with the xray preset's ranges, augmented on the GPU vs in the workers."""
     out = {}
-    for device in ("gpu_batch", "cpu"):
+    for device in ("batch", "cpu"):
         over = ["augment=xray", f"augment.device={device}", *tiny]
         cfg, dm, model = recipe_parts("resnet18_pneumonia", phantom, cache, over)
         out[device], _ = pipeline_rate(cfg, dm, model, steps, warm)
         print(f"augment.device={device:10s} {out[device]:8.1f} img/s", flush=True)
-    out["ratio_gpu_over_cpu"] = out["gpu_batch"] / out["cpu"]
+    out["ratio_batch_over_cpu"] = out["batch"] / out["cpu"]
     return out
 
 

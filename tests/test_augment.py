@@ -98,6 +98,10 @@ def test_rejects_other_types_and_bad_values():
         AugmentConfig(rotation=-1)
     with pytest.raises(ValueError, match="augment.horizontal_flip"):
         AugmentConfig(horizontal_flip=2)
+    with pytest.raises(ValueError, match=r"augment.device='gpu'.*\['batch', 'cpu'\]"):
+        AugmentConfig(device="gpu")
+    # the earlier name of the batch route (it also ran on CPUs) still works
+    assert AugmentConfig(device="gpu_batch").device == "batch"
 
 
 @pytest.mark.gpu

@@ -29,3 +29,35 @@ def test_every_tracked_python_file_is_linted_and_formatted():
     assert check.returncode == 0, check.stdout[-3000:]
     fmt = ruff("format", "--check", ".")
     assert fmt.returncode == 0, fmt.stdout[-3000:]
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every cxrlab module a file imports (at any depth: lazy imports count too)."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cxrlab"):
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("cxrlab"))
+    return out
+
+
+def test_evaluation_and_inference_never_import_training():
+    """serve.py and predict.py load the model's tree, not the trainer's (docs/architecture.md)."""
+    src = ROOT / "src" / "cxrlab"
+    rooms = [*(src / "evaluation").glob("*.py"), *(src / "inference").glob("*.py"),
+             src / "export.py", src / "checkpoints.py", *(src / "models").glob("*.py")]  # fmt: skip
+    for path in rooms:
+        assert "cxrlab.training" not in imports_of(path), path.relative_to(ROOT)
+
+
+def test_no_logger_class_is_named_outside_the_loggers_room():
+    src = ROOT / "src" / "cxrlab"
+    names = ("WandbLogger", "MLFlowLogger", "TensorBoardLogger", "CSVLogger", "import wandb")
+    for path in src.rglob("*.py"):
+        if path.name == "loggers.py":
+            continue
+        text = path.read_text()
+        assert not [n for n in names if n in text], path.relative_to(ROOT)

@@ -130,5 +130,5 @@ def test_gpu_check_runs_in_its_reduced_mode(tmp_path):
     assert [r["recipe"] for r in result["recipes"]] == RECIPES
     for row in result["recipes"]:
         assert row["size"] == 32 and row["train_img_s"] > 0 and row["ceiling_img_s"] > 0
-    assert result["augment"]["gpu_batch"] > 0 and result["augment"]["cpu"] > 0
+    assert result["augment"]["batch"] > 0 and result["augment"]["cpu"] > 0
     assert result["ddp"]["ok"], result["ddp"]["error"]

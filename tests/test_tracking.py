@@ -91,7 +91,8 @@ def test_tensorboard_has_metrics_hparams_and_report_pictures(many_run):
     assert {"train/loss_step", "val/auroc", "val/loss", "test/auroc"} <= scalars
     assert len(ea.Scalars("val/auroc")) == 2  # one per epoch
     images = set(ea.Tags()["images"])
-    assert {"test/confusion_matrix", "test/roc_pr", "test/calibration"} <= images
+    figures = {"test/figures/confusion_matrix", "test/figures/roc_pr", "test/figures/calibration"}
+    assert figures <= images
     hparams = (many_run / "run" / "tensorboard" / "hparams.yaml").read_text()
     assert "densenet121_xrv" in hparams
 
@@ -127,6 +128,23 @@ def test_wandb_offline_has_the_report_table_and_pictures(many_run):
     names = {p.name for p in run.rglob("*")}
     assert any(n.startswith("report_metrics") and n.endswith(".table.json") for n in names)
     assert any(n.startswith("roc_pr") and n.endswith(".png") for n in names)
+    # one media type per key: the interactive confusion matrix is a table, its picture a figure
+    media = run / "files" / "media"
+    assert list((media / "table" / "test").glob("confusion_matrix_*.table.json"))
+    assert list((media / "images" / "test" / "figures").glob("confusion_matrix_*.png"))
+    assert not list((media / "images" / "test").glob("confusion_matrix_*"))
+    # the run config once, nested as composed (no flattened copy beside it), as W&B itself
+    # reads it back from the run's transaction log
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    proc = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    updates = [json.loads(line)["config"].get("update", {}) for line in proc.stdout.splitlines()
+               if '"type":"config"' in line]  # fmt: skip
+    keys = [k for u in updates for k in u if not k.startswith("_wandb")]
+    assert len(keys) == len(set(keys))  # nothing logged twice
+    assert not [k for k in keys if "/" in k]  # no flattened model/backbone beside model
+    config = {k: v for u in updates for k, v in u.items()}
+    assert config["model"]["backbone"] == "densenet121_xrv"
 
 
 def test_mlflow_local_folder_by_default(tmp_path):

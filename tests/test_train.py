@@ -173,7 +173,7 @@ def test_a_sigkilled_run_resumes_as_one_run(tmp_path):
 def test_checkpoints_are_written_atomically(tmp_path):
     """A write that dies half-way (here: an object that fails to pickle) leaves the previous
     checkpoint whole and no temporary file."""
-    from cxrlab.utils.checkpoints import atomic_torch_save
+    from cxrlab.checkpoints import atomic_torch_save
 
     class Unpicklable:
         def __reduce__(self):

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from cxrlab.data.augment import AUGMENT_DEVICES, AugmentConfig
+from cxrlab.data.augment import AugmentConfig
 from cxrlab.data.datamodule import BAD_FILE_POLICIES, SAMPLERS, SOURCES, SPLIT_POLICIES
 from cxrlab.data.preprocess import PreprocessSpec
 from cxrlab.data.selection import check_ratios
-from cxrlab.errors import UserError
+from cxrlab.errors import UserError, check_choice
 from cxrlab.evaluation.thresholds import parse_policy
 from cxrlab.models.backbones import check_backbone
 from cxrlab.models.finetune import FinetuneConfig
 from cxrlab.models.losses import LOSSES
 from cxrlab.models.module import OPTIMIZERS, SCHEDULERS
+from cxrlab.models.weights import PRETRAINED_MODES
 
 
 class ConfigError(UserError):
@@ -21,8 +22,10 @@ class ConfigError(UserError):
 
 
 def _choice(value, allowed, key: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed: use one of {list(allowed)}")
+    try:
+        check_choice(value, allowed, key)
+    except UserError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _integer(value, key: str, minimum: int, hint: str) -> int:
@@ -95,15 +98,13 @@ def validate(cfg: DictConfig) -> None:
         _choice(model.loss.name, LOSSES, "model.loss.name")
         _choice(model.optimizer.name, OPTIMIZERS, "model.optimizer.name")
         _choice(model.scheduler.name, SCHEDULERS, "model.scheduler.name")
-        _choice(str(model.pretrained).lower(), ("auto", "true", "false"), "model.pretrained")
+        _choice(str(model.pretrained).lower(), PRETRAINED_MODES, "model.pretrained")
         FinetuneConfig(**OmegaConf.to_container(model.get("finetune") or {}, resolve=True))
         if not 0 <= float(model.dropout) < 1:
             raise ConfigError(f"model.dropout={model.dropout}: use a value in [0, 1)")
         if float(model.optimizer.lr) <= 0:
             raise ConfigError(f"model.optimizer.lr={model.optimizer.lr}: must be > 0")
-        aug = OmegaConf.to_container(cfg.augment, resolve=True)
-        _choice(aug.pop("device", "gpu_batch"), AUGMENT_DEVICES, "augment.device")
-        AugmentConfig(**aug)
+        AugmentConfig(**OmegaConf.to_container(cfg.augment, resolve=True))
         if cfg.get("evaluation") is not None:
             parse_policy(cfg.evaluation.threshold)
             if int(cfg.evaluation.bootstrap) < 0:

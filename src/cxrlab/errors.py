@@ -24,6 +24,15 @@ class UserError(ValueError):
     """A mistake in the user's settings or data; the message says which and what to do."""
 
 
+def check_choice(value, allowed, key: str) -> None:
+    """The one check of a choice setting (a name-to-class table or a list of names):
+    ``key=value`` must be one of ``allowed``, or a UserError names the key and the choices.
+    The setting's owner calls it where it uses the value; config.validate calls the same
+    before any work."""
+    if value not in allowed:
+        raise UserError(f"{key}={value!r} is not allowed: use one of {list(allowed)}")
+
+
 def _debug() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1" or bool(os.environ.get("CXRLAB_DEBUG"))
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlab.evaluation.run import load_model
+from cxrlab.checkpoints import load_model
 
 log = logging.getLogger(__name__)
 

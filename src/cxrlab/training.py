@@ -6,7 +6,6 @@ the logic and returns the metric named by ``optimized_metric`` (for sweeps).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -14,32 +13,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
-import pandas as pd
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.loggers import CSVLogger
 
+from cxrlab.checkpoints import AtomicCheckpointIO, resume_point
 from cxrlab.config import ConfigError, check_data_root, validate
 from cxrlab.data.datamodule import CXRDataModule
-from cxrlab.evaluation.report import headline, write_report
-from cxrlab.evaluation.thresholds import choose_threshold
+from cxrlab.evaluation.report import write_split_report, write_test_metrics
+from cxrlab.evaluation.thresholds import choose_on_validation
 from cxrlab.models.weights import describe
-from cxrlab.utils.checkpoints import AtomicCheckpointIO, atomic_torch_save
-from cxrlab.utils.loggers import continue_csv_log
-from cxrlab.utils.nested import flatten
+from cxrlab.utils.instantiate import instantiate_group
+from cxrlab.utils.loggers import (
+    close_runs,
+    continue_logger_runs,
+    continue_logs,
+    log_split,
+    name_trial_runs,
+)
 
 log = logging.getLogger(__name__)
-
-
-def instantiate_group(cfg: DictConfig | None) -> list:
-    """Instantiate every entry of a callbacks/logger group that has a ``_target_``."""
-    out = []
-    for _, conf in (cfg or {}).items():
-        if isinstance(conf, DictConfig) and "_target_" in conf:
-            out.append(hydra.utils.instantiate(conf))
-    return out
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
@@ -73,9 +67,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         logger_cfg = continue_logger_runs(logger_cfg, out_dir)
     loggers = instantiate_group(logger_cfg)
     if resumed is not None:
-        for lg in loggers:
-            if isinstance(lg, CSVLogger):
-                continue_csv_log(lg, *resumed)
+        continue_logs(loggers, *resumed)
     callbacks = instantiate_group(cfg.get("callbacks"))
     if not loggers:
         # logger=[] or ~logger (as lightning-hydra-template's sweeps pass): nothing to log
@@ -102,8 +94,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         splits.to_csv(out_dir / "splits.csv", index=False)
-    hparams = flatten(OmegaConf.to_container(cfg, resolve=True))
-    hparams.update(flatten({"pretrained_weights": model.pretrained_weights}))
+    # the run config, once and nested (each logger flattens it as its format needs), with the
+    # weights the model started from
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams["pretrained_weights"] = model.pretrained_weights
     for lg in loggers:
         lg.log_hyperparams(hparams)
 
@@ -121,34 +115,6 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
         raise optuna.TrialPruned(reporter.pruned_message())
     return metrics, {"trainer": trainer, "model": model, "datamodule": dm}
-
-
-def resume_point(ckpt_path: str | None) -> tuple[int, int] | None:
-    """(epoch, global step) that a resumed run starts after, or None for a fresh run."""
-    if not ckpt_path:
-        return None
-    state = torch.load(str(ckpt_path), map_location="cpu", weights_only=False, mmap=True)
-    epoch, step = int(state.get("epoch", -1)), int(state.get("global_step", 0))
-    log.info("Resuming from %s (after epoch %d, step %d)", ckpt_path, epoch, step)
-    return epoch, step
-
-
-def continue_logger_runs(logger_cfg: DictConfig | None, out_dir: Path) -> DictConfig | None:
-    """A resumed run logs on into the W&B run its first part started (same run id)."""
-    if not logger_cfg:
-        return logger_cfg
-    from cxrlab.utils.loggers import previous_wandb_id
-
-    logger_cfg = logger_cfg.copy()
-    with open_dict(logger_cfg):
-        for conf in logger_cfg.values():
-            target = str(conf.get("_target_", "")) if isinstance(conf, DictConfig) else ""
-            if target.endswith("wandb_logger") or target.endswith("WandbLogger"):
-                run_id = conf.get("id") or previous_wandb_id(out_dir)
-                if run_id:
-                    conf.id = run_id
-                    log.info("W&B: continuing run %s", run_id)
-    return logger_cfg
 
 
 def starting_weights(model_cfg) -> dict:
@@ -225,64 +191,31 @@ def _fit_and_test(cfg, trainer, model, dm, loggers, reporter, out_dir) -> tuple[
     if cfg.get("test", True):
         ckpt = _best_checkpoint(trainer)
         ev = cfg.get("evaluation") or {}
-        set_threshold(trainer, model, dm, ckpt, ev)
+        choose_on_validation(trainer, model, dm, ckpt, ev)
         log.info("Testing %s on the test split", ckpt or "the current weights")
         trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=False)
         metrics.update(
             {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         )
         if trainer.is_global_zero:
-            report = write_split_report(
-                out_dir / "report", dm, model, "test", ev, ckpt, loggers=loggers
-            )
+            report = write_split_report(out_dir / "report", dm, model, "test", ev, ckpt)
+            log_split(
+                loggers, report, out_dir / "report", model.results["test"], dm.classes,
+                model.threshold,
+            )  # fmt: skip
             write_test_metrics(out_dir, report, ckpt)
     return metrics, False
 
 
 def finish(trainer: pl.Trainer, loggers, status: str) -> None:
     """Close the loggers and the DDP process group, so a sweep's next trial starts clean."""
-    for lg in loggers:
-        try:
-            lg.finalize(status)
-        except Exception as e:  # closing a logger must not hide the run's own error
-            log.warning("Closing logger %s failed: %s", type(lg).__name__, e)
-    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
-        import wandb
-
-        wandb.finish(exit_code=0 if status != "failed" else 1)
+    close_runs(loggers, status)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Lightning keeps the group after fit/test; the next trial in this process (a sweep)
         # would otherwise join the old group while its new worker processes wait for a new one
         if status != "failed":  # a failed rank may never reach a barrier
             trainer.strategy.barrier("cxrlab-finish")
         torch.distributed.destroy_process_group()
-
-
-def name_trial_runs(logger_cfg: DictConfig | None, trial) -> DictConfig | None:
-    """Sweep trials: each logger's run carries the study and trial number in its name.
-
-    (The trial's ``optuna_trial.*`` values reach every logger's hyper-parameters too, with
-    the rest of the config.)
-    """
-    if not logger_cfg or not trial:
-        return logger_cfg
-    logger_cfg = logger_cfg.copy()
-    study, number = str(trial.study), int(trial.number)
-    with open_dict(logger_cfg):
-        for conf in logger_cfg.values():
-            target = str(conf.get("_target_", "")) if isinstance(conf, DictConfig) else ""
-            if target.endswith("wandb_logger") or target.endswith("WandbLogger"):
-                conf.name = conf.get("name") or f"{study}-trial-{number}"
-                conf.group = conf.get("group") or study
-            elif "MLFlowLogger" in target or target.endswith("mlflow_logger"):
-                conf.run_name = conf.get("run_name") or f"{study}-trial-{number}"
-                conf.tags = {
-                    **(conf.get("tags") or {}),
-                    "optuna_study": study,
-                    "optuna_trial": str(number),
-                }
-            # TensorBoard and CSV write into the trial's own run folder already
-    return logger_cfg
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -292,140 +225,3 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
         return path
     log.warning("No best checkpoint (checkpointing off or fast_dev_run): testing current weights")
     return None
-
-
-def set_threshold(trainer: pl.Trainer, model, dm, ckpt: str | None, ev) -> None:
-    """Choose the decision threshold on the validation split (binary tasks) and store it.
-
-    The best checkpoint's validation predictions decide it; it is written into the checkpoint
-    file, so testing, eval.py and predictors apply exactly this value.
-    """
-    policy = ev.get("threshold", "youden")
-    # the report's bootstrap settings travel too, so eval.py reproduces the report exactly
-    settings = {"bootstrap": int(ev.get("bootstrap", 1000)), "seed": int(ev.get("seed", 0))}
-    if model.num_classes == 2:
-        # (validate reloads the checkpoint: what it restores is overwritten below, not before)
-        model.log_eval_metrics = False  # collect predictions only: no second val/ point
-        trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=False, verbose=False)
-        model.log_eval_metrics = True
-    model.evaluation_settings = settings
-    if model.num_classes != 2:
-        _update_checkpoint(trainer, ckpt, {"evaluation": settings})
-        return
-    val = model.results["val"]
-    model.threshold = choose_threshold(val["labels"].numpy(), val["probs"][:, 1].numpy(), policy)
-    model.threshold_policy = str(policy)
-    log.info("Threshold %.4f chosen on the validation split (policy %s)", model.threshold, policy)
-    _update_checkpoint(
-        trainer,
-        ckpt,
-        {
-            "threshold": model.threshold,
-            "threshold_policy": model.threshold_policy,
-            "evaluation": model.evaluation_settings,
-        },
-    )
-
-
-def _update_checkpoint(trainer: pl.Trainer, ckpt: str | None, extra: dict) -> None:
-    """Add to the checkpoint's ``cxrlab`` section (rank 0 writes; every rank waits)."""
-    if ckpt and trainer.is_global_zero:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        state["cxrlab"] = {**state.get("cxrlab", {}), **extra}
-        atomic_torch_save(state, ckpt)
-    trainer.strategy.barrier("cxrlab-checkpoint")
-
-
-def predictions_frame(dm: CXRDataModule, results: dict) -> pd.DataFrame:
-    """Per-image probabilities of a stage, joined with the manifest (path, patient, label)."""
-    rows = results["rows"].numpy()
-    df = dm.manifest.iloc[rows][["path", "patient_id", "label"]].reset_index(drop=True)
-    probs = results["probs"].numpy()
-    for i, c in enumerate(dm.classes):
-        df[f"prob_{c}"] = probs[:, i]
-    return df
-
-
-def write_split_report(
-    out: Path, dm: CXRDataModule, model, split: str, ev, ckpt, loggers=()
-) -> dict:
-    context = {
-        "checkpoint": ckpt,
-        "model": model.hparams.get("backbone"),
-        "pretrained": model.pretrained_weights,
-        "data": dm.describe(),
-        "skipped_unreadable": len(dm.skipped),
-        "left_out_by_source": dict(dm.dropped),  # {reason: images}, before subset and split
-    }
-    report = write_report(
-        predictions_frame(dm, model.results[split]),
-        dm.classes,
-        out,
-        split,
-        threshold=model.threshold,
-        threshold_policy=model.threshold_policy,
-        n_boot=int(ev.get("bootstrap", 1000)),
-        seed=int(ev.get("seed", 0)),
-        context=context,
-    )
-    log_report(loggers, report, out)
-    return report
-
-
-def log_report(loggers, report: dict, out: Path) -> None:
-    """The report's headline metrics and pictures to every logger that takes them."""
-    values = {k: v for k, v in headline(report).items() if v is not None}
-    for lg in loggers:
-        name = type(lg).__name__
-        if name == "WandbLogger":
-            import wandb
-
-            rows = [[k, v] for k, v in sorted(values.items())]
-            lg.experiment.log(
-                {
-                    f"{report['split']}/report_metrics": wandb.Table(
-                        columns=["metric", "value"], data=rows
-                    ),
-                    **{
-                        f"{report['split']}/{p.stem}": wandb.Image(str(p))
-                        for p in sorted(out.glob("*.png"))
-                    },
-                }
-            )
-        elif name == "MLFlowLogger":
-            # the whole report folder (metrics.json, predictions, pictures, model card)
-            lg.experiment.log_artifacts(lg.run_id, str(out), artifact_path=out.name)
-            lg.log_metrics({f"report/{k}": v for k, v in values.items()})
-        elif name == "TensorBoardLogger":
-            import matplotlib.image as mpimg
-
-            for p in sorted(out.glob("*.png")):
-                lg.experiment.add_image(
-                    f"{report['split']}/{p.stem}", mpimg.imread(p)[..., :3], dataformats="HWC"
-                )
-
-
-def write_test_metrics(out_dir: Path, report: dict, ckpt: str | None) -> None:
-    """``test_metrics.json``: the headline test metrics with the split's counts."""
-    summary = {
-        "split": "test",
-        "images": report["images"],
-        "patients": report["patients"],
-        "classes": report["classes"],
-        "checkpoint": ckpt,
-        "pretrained": report.get("pretrained"),
-        "threshold": report["threshold"],
-        "metrics": headline(report),
-        "data": report.get("data"),
-        "skipped_unreadable": report.get("skipped_unreadable", 0),
-        "left_out_by_source": report.get("left_out_by_source", {}),
-        "report": "report/metrics.json (with 95% patient-bootstrap intervals)",
-    }
-    (out_dir / "test_metrics.json").write_text(json.dumps(summary, indent=2))
-    shown = {k: v for k, v in summary["metrics"].items() if v is not None and "/macro" not in k}
-    log.info(
-        "Test split (%d images, %d patients): %s",
-        summary["images"],
-        summary["patients"],
-        ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())),
-    )

@@ -11,12 +11,19 @@ The LightningModule calls this in ``on_after_batch_transfer`` for training batch
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+# where augmentation runs (augment.device), and the names earlier configs used
+AUGMENT_DEVICES = ("batch", "cpu")
+DEVICE_ALIASES = {"gpu_batch": "batch"}  # it also ran on the CPU when there was no GPU
 
 
 @dataclass(frozen=True)
@@ -34,9 +41,22 @@ class AugmentConfig:
     contrast: float = 0.0  # factor uniform in [1 - c, 1 + c] around the image mean
     gamma: float = 0.0  # exponent exp(uniform(-g, g))
     noise: float = 0.0  # Gaussian noise std uniform in [0, n]
+    # batch: whole batches, per-sample parameters, on the batch's own device (the GPU when the
+    # run trains on one, the CPU otherwise), in the LightningModule; cpu: per image with
+    # albumentations in the DataLoader workers, same ranges
+    device: str = "batch"
 
     def __post_init__(self):
+        if self.device in DEVICE_ALIASES:
+            log.warning(
+                "augment.device=%s is now called %s", self.device, DEVICE_ALIASES[self.device]
+            )
+            object.__setattr__(self, "device", DEVICE_ALIASES[self.device])
+        if self.device not in AUGMENT_DEVICES:
+            raise ValueError(f"augment.device={self.device!r}: use one of {list(AUGMENT_DEVICES)}")
         for f in fields(self):
+            if f.name == "device":
+                continue
             v = getattr(self, f.name)
             if not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"augment.{f.name}={v!r}: must be a number >= 0")
@@ -77,7 +97,7 @@ class BatchAugment(torch.nn.Module):
         self.cfg = cfg if cfg is not None else AugmentConfig(**kwargs)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in asdict(self.cfg).items() if v)
+        return ", ".join(f"{k}={v}" for k, v in asdict(self.cfg).items() if v and k != "device")
 
     def affine_matrices(self, n: int, like: torch.Tensor) -> torch.Tensor:
         """(n, 2, 3) matrices mapping output to input coordinates in [-1, 1]."""
@@ -221,9 +241,6 @@ class BatchAugment(torch.nn.Module):
             out[i, c] += window * np.float32(std[i])
 
 
-AUGMENT_DEVICES = ("gpu_batch", "cpu")
-
-
 def albumentations_pipeline(cfg: AugmentConfig, size: int):
     """The same ranges as ``BatchAugment``, per image in DataLoader workers (``device=cpu``).
 
@@ -313,9 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     configs = Path(__file__).resolve().parents[3] / "configs"
     with initialize_config_dir(str(configs), version_base="1.3"):
         cfg = compose("train.yaml", overrides=[f"augment={args.preset}"])
-    values = OmegaConf.to_container(cfg.augment, resolve=True)
-    values.pop("device", None)
-    preview(args.preview, AugmentConfig(**values), seed=args.seed)
+    preview(args.preview, AugmentConfig(**OmegaConf.to_container(cfg.augment)), seed=args.seed)
 
 
 if __name__ == "__main__":

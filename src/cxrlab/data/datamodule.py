@@ -20,7 +20,7 @@ import torch.distributed as dist
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
-from cxrlab.data.augment import AUGMENT_DEVICES, AugmentConfig, albumentations_pipeline
+from cxrlab.data.augment import AugmentConfig, albumentations_pipeline
 from cxrlab.data.cache import ImageCache, build_cache
 from cxrlab.data.preprocess import PreprocessSpec
 from cxrlab.data.samplers import DistributedWeightedSampler, class_balanced_weights
@@ -32,6 +32,7 @@ from cxrlab.data.selection import (
     check_ratios,
     patient_grouped_split,
 )
+from cxrlab.errors import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class CXRDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         # saved in checkpoints: eval.py rebuilds the same selection from a checkpoint alone
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # in checkpoints; loggers get the run config
         self.source = dict(source)
         self.source_name = self.source.pop("name", None)
         load_source(self.source_name)
@@ -107,10 +108,7 @@ class CXRDataModule(pl.LightningDataModule):
         self.dataset_size = dataset_size
         split = dict(split or {})
         self.split_policy = split.get("policy", "resplit")
-        if self.split_policy not in SPLIT_POLICIES:
-            raise ValueError(
-                f"data.split.policy={self.split_policy!r}: use one of {SPLIT_POLICIES}"
-            )
+        check_choice(self.split_policy, SPLIT_POLICIES, "data.split.policy")
         self.ratios = check_ratios(split.get("ratios", {"train": 0.6, "val": 0.2, "test": 0.2}))
         self.split_seed = int(split.get("seed", seed))
         self.preprocess = PreprocessSpec(**dict(preprocess or {}))
@@ -120,24 +118,17 @@ class CXRDataModule(pl.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
         self.cache_dir = Path(cache_dir)
-        if on_bad_file not in BAD_FILE_POLICIES:
-            raise ValueError(f"data.on_bad_file={on_bad_file!r}: use one of {BAD_FILE_POLICIES}")
+        check_choice(on_bad_file, BAD_FILE_POLICIES, "data.on_bad_file")
         self.on_bad_file = on_bad_file
         self.seed = int(seed)
         self.progress = progress
-        if sampler not in SAMPLERS:
-            raise ValueError(f"data.sampler={sampler!r}: use one of {SAMPLERS}")
+        check_choice(sampler, SAMPLERS, "data.sampler")
         self.sampler = sampler
         if epoch_size is not None and int(epoch_size) < 1:
             raise ValueError(f"data.epoch_size={epoch_size}: use a positive number or null")
         self.epoch_size = None if epoch_size is None else int(epoch_size)
-        aug = dict(augment or {})
-        self.augment_device = aug.pop("device", "gpu_batch")
-        if self.augment_device not in AUGMENT_DEVICES:
-            raise ValueError(
-                f"augment.device={self.augment_device!r}: use one of {AUGMENT_DEVICES}"
-            )
-        self.augment_cfg = AugmentConfig(**aug)
+        self.augment_cfg = AugmentConfig(**dict(augment or {}))
+        self.augment_device = self.augment_cfg.device
         self.manifest: pd.DataFrame | None = None
         self._index: tuple[pd.DataFrame, list[str]] | None = None
         self.classes: list[str] = []

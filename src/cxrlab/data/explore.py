@@ -391,34 +391,8 @@ def explore(cfg) -> dict:
     (out / "summary.md").write_text(markdown(summary, pictures))
     log.info("Dataset report: %s (summary.md, summary.json, %d pictures)", out, len(pictures))
     if cfg.get("logger") and "wandb" in cfg.logger:
-        log_to_wandb(summary, out, pictures, OmegaConf.to_container(cfg.logger.wandb, resolve=True))
+        from cxrlab.utils.loggers import log_dataset_report
+
+        settings = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
+        log_dataset_report(summary, out, pictures, settings)
     return summary
-
-
-def log_to_wandb(summary: dict, out: Path, pictures: list[Path], settings: dict) -> None:
-    """The summary table and pictures as a W&B run, plus the report folder as a dataset artifact."""
-    import wandb
-
-    from cxrlab.utils.loggers import wandb_logger
-
-    settings.pop("_target_", None)
-    lg = wandb_logger(**settings)
-    rows = [
-        [s, v["images"], v["patients"], *v["classes"].values()]
-        for s, v in summary["run_selection"]["splits"].items()
-    ]
-    run = lg.experiment
-    run.log(
-        {
-            "splits": wandb.Table(
-                columns=["split", "images", "patients", *summary["classes"]], data=rows
-            ),
-            **{p.stem: wandb.Image(str(p)) for p in pictures},
-        }
-    )
-    art = wandb.Artifact(
-        f"{summary['dataset']}-{summary['task']}-report", type="dataset", metadata=summary["index"]
-    )
-    art.add_dir(str(out))
-    run.log_artifact(art)
-    wandb.finish()

@@ -243,3 +243,64 @@ def write_model_card(report: dict, path: Path) -> None:
     pictures = [p for p in PICTURES if (path.parent / p).exists()]
     lines += [f"![{p[:-4]}]({p})" for p in pictures]
     path.write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------ a model's split, reported
+def predictions_frame(dm, results: dict) -> pd.DataFrame:
+    """Per-image probabilities of a stage, joined with the manifest (path, patient, label)."""
+    rows = results["rows"].numpy()
+    df = dm.manifest.iloc[rows][["path", "patient_id", "label"]].reset_index(drop=True)
+    probs = results["probs"].numpy()
+    for i, c in enumerate(dm.classes):
+        df[f"prob_{c}"] = probs[:, i]
+    return df
+
+
+def write_split_report(out: Path, dm, model, split: str, ev, ckpt) -> dict:
+    """The report of ``split`` from the predictions the model collected on it (train.py's test
+    phase and eval.py both write it this way)."""
+    context = {
+        "checkpoint": ckpt,
+        "model": model.hparams.get("backbone"),
+        "pretrained": model.pretrained_weights,
+        "data": dm.describe(),
+        "skipped_unreadable": len(dm.skipped),
+        "left_out_by_source": dict(dm.dropped),  # {reason: images}, before subset and split
+    }
+    return write_report(
+        predictions_frame(dm, model.results[split]),
+        dm.classes,
+        out,
+        split,
+        threshold=model.threshold,
+        threshold_policy=model.threshold_policy,
+        n_boot=int(ev.get("bootstrap", 1000)),
+        seed=int(ev.get("seed", 0)),
+        context=context,
+    )
+
+
+def write_test_metrics(out_dir: Path, report: dict, ckpt: str | None) -> None:
+    """``test_metrics.json``: the headline test metrics with the split's counts."""
+    summary = {
+        "split": "test",
+        "images": report["images"],
+        "patients": report["patients"],
+        "classes": report["classes"],
+        "checkpoint": ckpt,
+        "pretrained": report.get("pretrained"),
+        "threshold": report["threshold"],
+        "metrics": headline(report),
+        "data": report.get("data"),
+        "skipped_unreadable": report.get("skipped_unreadable", 0),
+        "left_out_by_source": report.get("left_out_by_source", {}),
+        "report": "report/metrics.json (with 95% patient-bootstrap intervals)",
+    }
+    (out_dir / "test_metrics.json").write_text(json.dumps(summary, indent=2))
+    shown = {k: v for k, v in summary["metrics"].items() if v is not None and "/macro" not in k}
+    log.info(
+        "Test split (%d images, %d patients): %s",
+        summary["images"],
+        summary["patients"],
+        ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())),
+    )

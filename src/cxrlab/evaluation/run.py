@@ -12,54 +12,15 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig
 
+from cxrlab.checkpoints import CheckpointError, load_model, read_checkpoint
 from cxrlab.data.datamodule import CXRDataModule
-from cxrlab.errors import UserError
-from cxrlab.models.module import CXRClassifier
-from cxrlab.training import instantiate_group, write_split_report
+from cxrlab.evaluation.report import write_split_report
+from cxrlab.utils.instantiate import instantiate_group
+from cxrlab.utils.loggers import log_split
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(UserError):
-    pass
-
-
-def read_checkpoint(path: str | Path, name: str = "ckpt_path") -> dict:
-    """Load a cxrlab checkpoint's dictionary (tensors and plain types only) or say why not.
-
-    ``name``: how the user gave the path (``ckpt_path`` for eval.py, ``--ckpt`` for predict.py
-    and serve.py), so the message names what they typed.
-    """
-    p = Path(path)
-    sep = " " if name.startswith("-") else "="
-    where = f"{name}{sep}{path}"
-    if not p.is_file():
-        raise CheckpointError(f"{where}: no such file (a checkpoint written by train.py, e.g. "
-                              "logs/train/runs/<run>/checkpoints/best.ckpt)")  # fmt: skip
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{where}: not a readable PyTorch checkpoint ({e})") from e
-    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "cxrlab" not in ckpt:
-        raise CheckpointError(
-            f"{where}: not a cxrlab checkpoint (no hyper-parameters "
-            "or cxrlab section); train one with train.py"
-        )
-    hp = ckpt["hyper_parameters"]
-    if "class_names" not in hp or "backbone" not in hp:
-        raise CheckpointError(f"{where}: a checkpoint of another task (no class names)")
-    return ckpt
-
-
-def load_model(path: str | Path, name: str = "ckpt_path") -> CXRClassifier:
-    read_checkpoint(path, name)
-    # pretrained=false, no init_from: the checkpoint holds every weight; look for no other file
-    return CXRClassifier.load_from_checkpoint(
-        str(path), map_location="cpu", pretrained="false", init_from=None, weights_only=True
-    )
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -94,7 +55,11 @@ def evaluate(cfg: DictConfig) -> dict:
     if split not in ("train", "val", "test"):
         raise CheckpointError(f"split={split!r}: use train, val or test")
     dm.setup()
-    model.test_split = split  # metrics logged as <split>/..., e.g. val/auroc for split=val
+    model.test_as(split)  # metrics logged as <split>/..., e.g. val/auroc for split=val
+    for lg in loggers:  # what was evaluated: the checkpoint, its model and the split
+        lg.log_hyperparams(
+            {"checkpoint": str(ckpt_path), "split": split, "model": dict(model.hparams)}
+        )
     trainer.test(model, dataloaders=dm.loader(split))
     out = Path(cfg.paths.output_dir)
     # bootstrap settings: the command line's, else those of the training run's report
@@ -102,9 +67,8 @@ def evaluate(cfg: DictConfig) -> dict:
         **model.evaluation_settings,
         **{k: v for k, v in dict(cfg.get("evaluation") or {}).items() if v is not None},
     }
-    report = write_split_report(
-        out / "report", dm, model, split, ev, str(ckpt_path), loggers=loggers
-    )
+    report = write_split_report(out / "report", dm, model, split, ev, str(ckpt_path))
+    log_split(loggers, report, out / "report", model.results[split], dm.classes, model.threshold)
     for lg in loggers:
         lg.finalize("success")
     log.info(

@@ -101,3 +101,35 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, policy: str | float) -> float
             f"no threshold reaches {name} >= {value} on the validation split"
         )
     return float(cand[int(np.argmax(score))])  # argmax takes the first (highest) on ties
+
+
+def choose_on_validation(trainer, model, dm, ckpt: str | None, ev) -> None:
+    """Choose the decision threshold on the validation split (binary tasks) and store it.
+
+    The best checkpoint's validation predictions decide it; it is written into the checkpoint
+    file, so testing, eval.py and predictors apply exactly this value. The report's bootstrap
+    settings travel too, so eval.py reproduces the report exactly.
+    """
+    import logging
+
+    from cxrlab.checkpoints import update_checkpoint
+
+    policy = ev.get("threshold", "youden")
+    settings = {"bootstrap": int(ev.get("bootstrap", 1000)), "seed": int(ev.get("seed", 0))}
+    extra: dict = {"evaluation": settings}
+    if model.num_classes == 2:
+        # (validate reloads the checkpoint: what it restores is overwritten below, not before)
+        with model.collecting_predictions():  # no second val/ point in the loggers
+            trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=False,
+                             verbose=False)  # fmt: skip
+        val = model.results["val"]
+        t = choose_threshold(val["labels"].numpy(), val["probs"][:, 1].numpy(), policy)
+        model.use_threshold(t, str(policy))
+        logging.getLogger(__name__).info(
+            "Threshold %.4f chosen on the validation split (policy %s)", t, policy
+        )
+        extra.update(threshold=t, threshold_policy=str(policy))
+    model.use_evaluation_settings(settings)
+    if ckpt and trainer.is_global_zero:  # rank 0 writes; every rank waits
+        update_checkpoint(ckpt, extra)
+    trainer.strategy.barrier("cxrlab-checkpoint")

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxrlab.checkpoints import load_model
 from cxrlab.data.imageio import UnreadableImageError, scan_images
 from cxrlab.data.preprocess import PreprocessSpec, load_preprocessed
 from cxrlab.errors import EXIT_USER_ERROR, UserError
-from cxrlab.evaluation.run import load_model
 from cxrlab.models.module import CXRClassifier
 from cxrlab.utils.progress import track
 

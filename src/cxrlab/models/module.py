@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pytorch_lightning as pl
@@ -16,6 +17,7 @@ import torchmetrics
 from torchmetrics import classification as tmc
 
 from cxrlab.data.augment import AugmentConfig, BatchAugment
+from cxrlab.errors import check_choice
 from cxrlab.models.backbones import BACKBONES, build_backbone
 from cxrlab.models.finetune import (
     FinetuneConfig,
@@ -28,8 +30,30 @@ from cxrlab.models.losses import build_loss
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "cosine", "plateau")
+# model.optimizer.name -> the optimizer class (its other keys are that class's arguments)
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def _cosine(module, opt, sched: dict) -> dict:
+    max_epochs = module.trainer.max_epochs if module.trainer and module.trainer.max_epochs else 10
+    s = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=max(1, max_epochs), eta_min=sched.get("eta_min", 0.0)
+    )
+    return {"scheduler": s, "interval": "epoch"}
+
+
+def _plateau(module, opt, sched: dict) -> dict:
+    s = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt,
+        mode=sched.get("mode", "max"),
+        factor=sched.get("factor", 0.5),
+        patience=sched.get("patience", 2),
+    )
+    return {"scheduler": s, "monitor": sched.get("monitor", "val/auroc")}
+
+
+# model.scheduler.name -> Lightning's lr_scheduler entry for an optimizer (none: no scheduler)
+SCHEDULERS = {"none": None, "cosine": _cosine, "plateau": _plateau}
 
 
 def float32_below(t: float) -> float:
@@ -118,7 +142,8 @@ class CXRClassifier(pl.LightningModule):
         init_from: str | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # kept in checkpoints; not sent to loggers: train.py logs the whole run config once
+        self.save_hyperparameters(logger=False)
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         if self.num_classes < 2:
@@ -139,21 +164,12 @@ class CXRClassifier(pl.LightningModule):
         loss = dict(loss or {"name": "ce"})
         self.criterion = build_loss(loss.pop("name", "ce"), class_counts, **loss)
         self.optimizer_cfg = dict(optimizer or {"name": "adam", "lr": 1e-3})
-        if self.optimizer_cfg.get("name", "adam") not in OPTIMIZERS:
-            raise ValueError(
-                f"model.optimizer.name={self.optimizer_cfg['name']!r}: use one of "
-                f"{list(OPTIMIZERS)}"
-            )
+        check_choice(self.optimizer_cfg.get("name", "adam"), OPTIMIZERS, "model.optimizer.name")
         self.scheduler_cfg = dict(scheduler or {"name": "none"})
-        if self.scheduler_cfg.get("name", "none") not in SCHEDULERS:
-            raise ValueError(
-                f"model.scheduler.name={self.scheduler_cfg['name']!r}: use one of "
-                f"{list(SCHEDULERS)}"
-            )
-        aug = dict(augment or {})
+        check_choice(self.scheduler_cfg.get("name", "none"), SCHEDULERS, "model.scheduler.name")
+        aug = AugmentConfig(**dict(augment or {}))
         # augment.device=cpu: the DataLoader workers augment (albumentations); nothing here
-        on_device = aug.pop("device", "gpu_batch") != "cpu"
-        self.augment = BatchAugment(AugmentConfig(**aug) if on_device else AugmentConfig())
+        self.augment = BatchAugment(aug if aug.device == "batch" else AugmentConfig())
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -256,12 +272,31 @@ class CXRClassifier(pl.LightningModule):
         self._gather_outputs("val")
 
     def on_test_epoch_end(self):
-        split = self.test_split
-        self._gather_outputs(split)
-        if self.trainer.is_global_zero:
-            log_test_plots(
-                self.trainer.loggers, self.results[split], self.class_names, self.threshold, split
-            )
+        self._gather_outputs(self.test_split)
+
+    # ------------------------------------------------------------------ evaluation settings
+    def use_threshold(self, value: float, policy: str) -> None:
+        """The binary decision threshold (chosen on validation) that testing, the checkpoint
+        and predictors apply."""
+        self.threshold, self.threshold_policy = float(value), str(policy)
+
+    def use_evaluation_settings(self, settings: dict) -> None:
+        """The report's bootstrap settings, kept in the checkpoint for eval.py."""
+        self.evaluation_settings = dict(settings)
+
+    def test_as(self, split: str) -> None:
+        """Name the split the test loop runs on (eval.py split=val): metrics are logged as
+        ``<split>/...`` and predictions kept under that name."""
+        self.test_split = str(split)
+
+    @contextmanager
+    def collecting_predictions(self):
+        """Validation passes inside only collect predictions: no metric points for loggers."""
+        self.log_eval_metrics = False
+        try:
+            yield self
+        finally:
+            self.log_eval_metrics = True
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -297,68 +332,9 @@ class CXRClassifier(pl.LightningModule):
         weight_decay = float(cfg.pop("weight_decay", 0.0))
         # head / backbone groups, each with and without weight decay (norm weights, biases)
         groups = param_groups(self.net, self.finetune, lr, weight_decay)
-        if name == "adam":
-            opt = torch.optim.Adam(groups, lr=lr, **cfg)
-        elif name == "adamw":
-            opt = torch.optim.AdamW(groups, lr=lr, **cfg)
-        else:
-            opt = torch.optim.SGD(groups, lr=lr, **cfg)
+        opt = OPTIMIZERS[name](groups, lr=lr, **cfg)
         sched = dict(self.scheduler_cfg)
-        kind = sched.pop("name", "none")
-        if kind == "none":
+        build = SCHEDULERS[sched.pop("name", "none")]
+        if build is None:
             return opt
-        if kind == "cosine":
-            max_epochs = self.trainer.max_epochs if self.trainer and self.trainer.max_epochs else 10
-            s = torch.optim.lr_scheduler.CosineAnnealingLR(
-                opt, T_max=max(1, max_epochs), eta_min=sched.get("eta_min", 0.0)
-            )
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": s, "interval": "epoch"}}
-        s = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt,
-            mode=sched.get("mode", "max"),
-            factor=sched.get("factor", 0.5),
-            patience=sched.get("patience", 2),
-        )
-        return {
-            "optimizer": opt,
-            "lr_scheduler": {"scheduler": s, "monitor": sched.get("monitor", "val/auroc")},
-        }
-
-
-def log_test_plots(
-    loggers,
-    results: dict,
-    class_names: list[str],
-    threshold: float | None = None,
-    split: str = "test",
-) -> None:
-    """Confusion matrix, PR and ROC curves of ``split`` on W&B, when W&B is active."""
-    from pytorch_lightning.loggers import WandbLogger
-
-    for lg in loggers:
-        if not isinstance(lg, WandbLogger):
-            continue
-        import wandb
-
-        y = results["labels"].numpy().tolist()
-        probs = results["probs"].numpy()
-        if len(class_names) == 2 and threshold is not None:
-            preds = (probs[:, 1] >= threshold).astype(int).tolist()
-        else:
-            preds = probs.argmax(1).tolist()
-        lg.experiment.log(
-            {
-                f"{split}/confusion_matrix": wandb.plot.confusion_matrix(
-                    y_true=y,
-                    preds=preds,
-                    class_names=class_names,
-                    title=f"Confusion matrix ({split})",
-                ),
-                f"{split}/pr_curve": wandb.plot.pr_curve(
-                    y, probs, labels=class_names, title=f"Precision-recall ({split})"
-                ),
-                f"{split}/roc_curve": wandb.plot.roc_curve(
-                    y, probs, labels=class_names, title=f"ROC ({split})"
-                ),
-            }
-        )
+        return {"optimizer": opt, "lr_scheduler": build(self, opt, sched)}

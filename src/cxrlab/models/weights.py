@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from cxrlab.errors import UserError
+from cxrlab.errors import UserError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,9 @@ def fetch(source: WeightsSource, expected_keys=None) -> Path:
     raise WeightsUnavailableError(_FAILED[source.path])
 
 
+PRETRAINED_MODES = ("auto", "true", "false")
+
+
 def resolve(pretrained, source: WeightsSource, expected_keys=None) -> tuple[Path | None, dict]:
     """(weights file or None, provenance) for ``model.pretrained`` = auto | true | false.
 
@@ -180,8 +183,7 @@ def resolve(pretrained, source: WeightsSource, expected_keys=None) -> tuple[Path
     loud warning; ``false`` never looks. The provenance says which, and why.
     """
     mode = str(pretrained).lower()
-    if mode not in ("auto", "true", "false"):
-        raise UserError(f"model.pretrained={pretrained!r}: use auto, true or false")
+    check_choice(mode, PRETRAINED_MODES, "model.pretrained")
     if mode == "false":
         return None, none("model.pretrained=false")
     try:
