@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from cxrlab.data.augment import AugmentConfig, BatchAugment, preview
+from cxrlab.data.augment import AugmentConfig, BatchAugment
+from cxrlab.data.augment_preview import preview
 
 FULL = AugmentConfig(
     rotation=15,
@@ -170,10 +171,11 @@ def test_module_augments_training_batches_only_and_leaves_labels_alone():
 
 
 def test_preview_command_composes_the_preset(tmp_path):
-    """`python -m cxrlab.data.augment --preview out.png --preset xray`, as the docs show it."""
+    """`python -m cxrlab.data.augment_preview --preview out.png --preset xray`, as the docs
+    show it."""
     import cv2
 
-    from cxrlab.data.augment import main
+    from cxrlab.data.augment_preview import main
 
     out = tmp_path / "xray.png"
     main(["--preview", str(out), "--preset", "xray"])

@@ -4,7 +4,7 @@ Each ```bash block is read as bash reads it (comments, line continuations, quote
 POSIX mode), then every command is checked the way its program reads it:
 - train.py, eval.py, explore.py: Hydra's override grammar and the composed config (and
   train.py's own validation), placeholders such as ``<run>`` standing for a real run's files;
-- predict.py, serve.py, ``-m cxrlab.export``, ``-m cxrlab.data.augment``, download_data.py:
+- predict.py, serve.py, ``-m cxrlab.export``, ``-m cxrlab.data.augment_preview``, download_data.py:
   their argument parsers;
 - make, pip, curl, torchrun, srun: bash parsing, and the train.py command inside them.
 Inline `python ...` commands in the prose count too.
@@ -43,7 +43,7 @@ RUNS = {
     ("README.md", "python train.py -m hparams_search=optuna experiment=template"),
     ("evaluation.md", "python eval.py ckpt_path=... split=val"),
     ("serving.md", "python predict.py --ckpt best.ckpt data/my_xrays/"),
-    ("augmentation.md", "python -m cxrlab.data.augment"),
+    ("augmentation.md", "python -m cxrlab.data.augment_preview"),
 }
 # appended to the commands that run, so they run in seconds (later overrides win)
 TINY = {
