@@ -5,7 +5,7 @@ RSS), excludes warm-up, reports medians of several repeats, prints a table and w
 `logs/bench/<name>.json` with every figure and the ratio.
 
 1. data: images/s delivered to the model (decoded, resized, augmented, normalized) from the same
-   2,000 full-size phantom files (half PNG, half JPEG, 1000-1400 px): (a) the original systems'
+   2,000 full-size phantom files (half PNG, half JPEG, 1000-1400 px): (a) the original systems' (000-004)
    pipeline (PIL open + resize + per-sample torchvision transforms, DataLoader with 2 workers)
    vs (b) cxrlab's (uint8 cache + batched augmentation); the one-time cache build is reported
    separately.

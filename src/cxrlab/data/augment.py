@@ -28,7 +28,7 @@ DEVICE_ALIASES = {"gpu_batch": "batch"}  # it also ran on the CPU when there was
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Ranges; every zero means "off". Names and meanings follow the original system's config."""
+    """Ranges; every zero means "off". Names and meanings follow original system 002's config."""
 
     rotation: float = 0.0  # degrees, uniform in [-r, r]
     scaling: float = 0.0  # fraction, zoom uniform in [1 - s, 1 + s]

@@ -46,7 +46,7 @@ def balanced_subset(
     """Equal numbers of images per class, ``dataset_size`` in all (None keeps everything).
 
     For a binary task the positive class already gathers every positive subtype (e.g. bacterial
-    and viral pneumonia), so this is "negative vs all positives" as in the original system;
+    and viral pneumonia), so this is "negative vs all positives" as in original system 002;
     positives are drawn evenly across subtypes where a ``subtype`` column says them.
     """
     if dataset_size is None:

@@ -11,7 +11,7 @@ Which images (decided here, before any balancing, and every drop is counted and 
 - images whose ``ViewPosition`` is known and not in ``views`` (default PA and AP: laterals
   out) are left out;
 - a study with several images none of which says its view cannot tell its frontal image
-  from a lateral one and is left out whole (the original system dropped every study with more
+  from a lateral one and is left out whole (original system 002 dropped every study with more
   than one *series folder*, after balancing: that kept multi-image series and skewed classes);
 - a study with several frontal images keeps them all (same patient, so same split).
 
