@@ -1,6 +1,13 @@
+"""Shared test setup: the environment every test runs in (no network, W&B offline), and the
+helpers the test files share (composing configs, running entry points in a subprocess or in
+this process, free loopback ports, the tiny phantom)."""
+
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +33,55 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def script_env(**extra) -> dict:
+    """The environment an entry point runs in under test: this checkout, W&B offline, full
+    Hydra errors, no network (plus ``extra``)."""
+    return dict(
+        os.environ,
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        HYDRA_FULL_ERROR="1",
+        CXRLAB_ROOT=str(ROOT),
+        **extra,
+    )
+
+
+def run_script(script: str, tmp: Path, run_dir: str, overrides, check: bool):
+    """Run an entry point as a user does, with its data, logs and run folder under ``tmp``."""
+    cmd = [
+        sys.executable,
+        str(ROOT / script),
+        f"paths.data_dir={tmp / 'data'}",
+        f"paths.log_dir={tmp / 'logs'}",
+        f"hydra.run.dir={tmp / run_dir}",
+        *overrides,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=script_env(), timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def run_train(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    """train.py with debug=default on the tests' own small data: all of it (no 120-image
+    subset), and for the phantom a 60-patient one (later overrides win)."""
+    base = ["debug=default", "data.dataset_size=null"]
+    if not any(o.startswith("data=") for o in overrides):
+        base.append("data.source.num_patients=60")
+    return run_script("train.py", tmp, "run", [*base, *overrides], check)
+
+
+def run_eval(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run_script("eval.py", tmp, "eval", overrides, check)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def compose_train(overrides: list[str], tmp: Path | None = None) -> DictConfig:

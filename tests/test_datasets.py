@@ -8,7 +8,7 @@ from pathlib import Path
 import layouts
 import pandas as pd
 import pytest
-from test_train import run_eval, run_script, run_train
+from conftest import run_eval, run_script, run_train
 
 from cxrlab.data.datamodule import CXRDataModule
 from cxrlab.data.selection import assert_no_leakage, patient_grouped_split

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import run_eval, run_train
+from conftest import run_eval, run_train
 
 HERE = Path(__file__).resolve().parent
 

@@ -25,12 +25,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS
+from conftest import CONFIGS, ROOT
 from hydra import compose, initialize_config_dir
 
 from cxrlab.config import validate
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUN = "logs/train/runs/RUN/checkpoints/best.ckpt"  # where a doc's <run> points, in the scratch
 ENV = {"NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "SLURM_JOB_ID": "7", "WORKER_ID": "1"}

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import layouts
 import pytest
+from conftest import ROOT
 
 from cxrlab.download import MARKER, DownloadError, fetch, main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class LocalArchiveClient:

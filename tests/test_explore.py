@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import compose_train
+from conftest import compose_train, run_script, run_train
 from hydra.utils import instantiate
-from test_train import run_script, run_train
 
 from cxrlab.data.sources.kaggle_pneumonia import NO_PATIENT
 

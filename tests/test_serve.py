@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,16 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_train import ROOT, run_train
+from conftest import ROOT, free_port, run_train
 
 from cxrlab.inference.predictor import Predictor
 from cxrlab.inference.service import wait_until_healthy
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_train import run_train
+from conftest import run_train
 
 from cxrlab.data.datamodule import CXRDataModule
 from cxrlab.data.selection import SelectionError

@@ -13,9 +13,9 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from conftest import ROOT, script_env
 from optuna.trial import TrialState
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "debug=default",
     "data.source.num_patients=60",  # a small phantom, all of it
@@ -54,13 +54,7 @@ def sweep_cmd(tmp: Path, *overrides: str) -> list[str]:
 
 
 def sweep_env() -> dict:
-    return dict(
-        os.environ,
-        WANDB_MODE="offline",
-        WANDB_SILENT="true",
-        HYDRA_FULL_ERROR="1",
-        CXRLAB_ROOT=str(ROOT),
-    )
+    return script_env()
 
 
 def run_sweep(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:

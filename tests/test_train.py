@@ -10,44 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_script(script: str, tmp: Path, run_dir: str, overrides, check: bool):
-    """Run an entry point as a user does, with its data, logs and run folder under ``tmp``."""
-    env = dict(
-        os.environ,
-        WANDB_MODE="offline",
-        WANDB_SILENT="true",
-        HYDRA_FULL_ERROR="1",
-        CXRLAB_ROOT=str(ROOT),
-    )
-    cmd = [
-        sys.executable,
-        str(ROOT / script),
-        f"paths.data_dir={tmp / 'data'}",
-        f"paths.log_dir={tmp / 'logs'}",
-        f"hydra.run.dir={tmp / run_dir}",
-        *overrides,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def run_train(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    """train.py with debug=default on the tests' own small data: all of it (no 120-image
-    subset), and for the phantom a 60-patient one (later overrides win)."""
-    base = ["debug=default", "data.dataset_size=null"]
-    if not any(o.startswith("data=") for o in overrides):
-        base.append("data.source.num_patients=60")
-    return run_script("train.py", tmp, "run", [*base, *overrides], check)
-
-
-def run_eval(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run_script("eval.py", tmp, "eval", overrides, check)
+from conftest import ROOT, run_eval, run_script, run_train
 
 
 @pytest.fixture(scope="module")
