@@ -1,11 +1,11 @@
-# make train | make test | make bench | make lint | make install
+# make train | make test | make test-fast | make bench | make lint | make install
 # Each target installs into .venv first if needed (Python 3.10+ from PATH; PYTHON=... to choose).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test lint format bench clean-logs
+.PHONY: install train test test-fast lint format bench clean-logs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,15 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# every test, on every core (pytest-xdist; a module's tests stay on one worker, so its
+# fixtures are built once)
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadscope
+
+# the inner loop between edits: everything but the tests marked slow (training runs, sweeps,
+# DDP, the HTTP service, the loggers' stores)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" -n auto
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

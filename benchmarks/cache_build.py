@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import save  # noqa: E402
+from common import save  # noqa: E402
 
 from cxrlab.data import phantom  # noqa: E402
 from cxrlab.data.cache import build_cache  # noqa: E402

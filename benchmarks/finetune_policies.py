@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -22,8 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import BENCH, save, train_py  # noqa: E402
+from common import BENCH, save, train_py  # noqa: E402
 
 COMMON = [
     "model=resnet18",

@@ -30,8 +30,7 @@ import pytorch_lightning as pl
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import BENCH, machine, save, train_py  # noqa: E402
+from common import BENCH, machine, save, train_py  # noqa: E402
 
 RECIPES = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
 

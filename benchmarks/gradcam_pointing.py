@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -31,8 +30,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import BENCH, save, train_py  # noqa: E402
+from common import BENCH, save, train_py  # noqa: E402
 
 
 def train(run_dir: Path, model: str, size: int, epochs: int) -> Path:

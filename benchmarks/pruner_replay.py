@@ -24,7 +24,6 @@ so pruners can be compared on a user's own sweep in seconds instead of hours.
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -41,8 +40,7 @@ from optuna.pruners import (
 from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import save  # noqa: E402
+from common import save  # noqa: E402
 
 PRUNERS: dict[str, Callable[[], BasePruner]] = {
     "median(startup 3, warmup 2)": lambda: MedianPruner(3, 2),

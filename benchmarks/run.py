@@ -1,4 +1,12 @@
-"""cxrlab benchmarks: `make bench` (or `python benchmarks/run.py [data|train|memory ...]`).
+"""cxrlab benchmarks, every one from this command:
+
+    python benchmarks/run.py                  # data, train, memory (what `make bench` runs)
+    python benchmarks/run.py --list           # every benchmark, with what it measures
+    python benchmarks/run.py <name> [args]    # one of them, e.g. serve_latency --requests 200
+
+The other benchmarks are scripts of their own in this folder (their results also land in
+logs/bench/, their tables in docs/benchmarks.md); this command runs them with the same
+arguments.
 
 Each benchmark runs its sides in one process (memory: one subprocess per size, for clean peak
 RSS), excludes warm-up, reports medians of several repeats, prints a table and writes
@@ -18,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -28,35 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import BENCH, ROOT, save  # noqa: F401  (shared by every benchmark)
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "logs" / "bench"
 SIZE, BATCH = 224, 32
-
-
-def machine() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
-
-
-def train_py(*args: str) -> subprocess.CompletedProcess:
-    """Run ``train.py`` with these overrides as a user does (offline W&B, this checkout's paths);
-    raises with the end of its stderr when it fails."""
-    env = dict(os.environ, WANDB_MODE="offline", CXRLAB_ROOT=str(ROOT))
-    cmd = [sys.executable, str(ROOT / "train.py"), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"train.py {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def save(name: str, result: dict, quiet: tuple[str, ...] = ()) -> None:
-    """Write logs/bench/<name>.json (with the machine it ran on) and print it, less the
-    ``quiet`` keys (long tables already printed as they were measured)."""
-    BENCH.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": name, "machine": machine(), **result}
-    (BENCH / f"{name}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k not in quiet}, indent=2))
 
 
 # ------------------------------------------------------------------------------------------
@@ -361,15 +342,49 @@ def bench_memory() -> dict:
     }
 
 
+HERE = Path(__file__).resolve().parent
+SECTIONS = {"data": bench_data, "train": bench_train, "memory": bench_memory}
+
+
+def scripts() -> dict[str, str]:
+    """Every benchmark script in this folder -> the first line of its docstring."""
+    import ast
+
+    out = {}
+    for path in sorted(HERE.glob("*.py")):
+        if path.stem in ("run", "common"):
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        out[path.stem] = doc.splitlines()[0] if doc else ""
+    return out
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["_memory_child"]:
         memory_child(int(argv[1]))
         return
     os.environ.setdefault("CXRLAB_ROOT", str(ROOT))
-    names = argv or ["data", "train", "memory"]
-    for name in names:
-        fn = {"data": bench_data, "train": bench_train, "memory": bench_memory}[name]
-        save(name, fn())
+    if argv[:1] in (["--list"], ["-l"]):
+        about = {
+            "data": "images/s delivered to the model: the original systems' pipeline vs cxrlab's",
+            "train": "training images/s through Lightning vs the model-only ceiling",
+            "memory": "peak RSS of a training epoch on 2,000 vs 20,000 cached images",
+        }
+        for name in SECTIONS:
+            print(f"{name:20s} {about[name]}")
+        for name, line in scripts().items():
+            print(f"{name:20s} {line}")
+        return
+    if argv and argv[0] in scripts():
+        import runpy
+
+        sys.argv = [str(HERE / f"{argv[0]}.py"), *argv[1:]]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        return
+    for name in argv or list(SECTIONS):
+        if name not in SECTIONS:
+            raise SystemExit(f"{name!r}: not a benchmark; python benchmarks/run.py --list")
+        save(name, SECTIONS[name]())
 
 
 if __name__ == "__main__":

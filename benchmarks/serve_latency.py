@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import BENCH, save, train_py  # noqa: E402
+from common import BENCH, save, train_py  # noqa: E402
 
 
 def pct(xs, q):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -35,8 +34,7 @@ import optuna
 from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import BENCH, save, train_py  # noqa: E402
+from common import BENCH, save, train_py  # noqa: E402
 
 # small enough for a 2-core CPU; wide learning-rate range, as real first sweeps are
 SETTINGS = [

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +48,30 @@ def script_env(**extra) -> dict:
     )
 
 
+def shared_data_dir() -> Path:
+    """One data folder for every run of the test session (all xdist workers too): the phantom
+    and the image cache are built once per setting, under file locks, and reused, as on a
+    user's machine. Runs that need data of their own pass ``data.source.root``."""
+    base = Path(os.environ["CXRLAB_TEST_BASETEMP"])
+    return base / "shared-data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_basetemp(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # .../pytest-N/popen-gw0: share .../pytest-N
+        base = base.parent
+    os.environ["CXRLAB_TEST_BASETEMP"] = str(base)
+    yield
+
+
 def run_script(script: str, tmp: Path, run_dir: str, overrides, check: bool):
-    """Run an entry point as a user does, with its data, logs and run folder under ``tmp``."""
+    """Run an entry point as a user does, with its logs and run folder under ``tmp`` and the
+    session's shared data folder."""
     cmd = [
         sys.executable,
         str(ROOT / script),
-        f"paths.data_dir={tmp / 'data'}",
+        f"paths.data_dir={shared_data_dir()}",
         f"paths.log_dir={tmp / 'logs'}",
         f"hydra.run.dir={tmp / run_dir}",
         *overrides,
@@ -77,6 +95,81 @@ def run_eval(tmp: Path, *overrides: str, check: bool = True) -> subprocess.Compl
     return run_script("eval.py", tmp, "eval", overrides, check)
 
 
+# the package function behind each entry point, and its config
+ENTRY_POINTS = {
+    "train.py": ("train.yaml", "cxrlab.training:train"),
+    "eval.py": ("eval.yaml", "cxrlab.evaluation.run:evaluate"),
+    "explore.py": ("explore.yaml", "cxrlab.data.explore:explore"),
+}
+
+
+def run_here(script: str, tmp: Path, run_dir: str, overrides, check: bool = True):
+    """What ``run_script`` does, in this process (no interpreter start, no imports again):
+    the entry point's composed config with its run folder under ``tmp``, then its package
+    function, its log lines captured. Returns what ``subprocess.run`` would: ``returncode``
+    (0; 2 for a user's mistake, as the entry points exit; 1 otherwise) and the log text as
+    ``stderr``. For tests where a subprocess proves nothing more."""
+    import importlib
+    import logging
+    import traceback
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from cxrlab.errors import EXIT_USER_ERROR, UserError
+
+    config_name, target = ENTRY_POINTS[script]
+    module, fn = target.split(":")
+    cfg = compose(config_name, list(overrides), tmp / run_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.data_dir = str(shared_data_dir())
+        cfg.paths.log_dir = str(tmp / "logs")
+        del cfg.hydra
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            lines.append(self.format(record))
+
+    handler = Capture(logging.INFO)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    code = 0
+    try:
+        getattr(importlib.import_module(module), fn)(cfg)
+    except UserError as e:
+        if check:
+            raise
+        code = EXIT_USER_ERROR
+        lines.append(f"Error: {e}")
+    except Exception:
+        if check:
+            raise
+        code = 1
+        lines.append(traceback.format_exc())
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        HydraConfig.instance().cfg = None
+    return SimpleNamespace(returncode=code, stdout="", stderr="\n".join(lines))
+
+
+def train_here(tmp: Path, *overrides: str, check: bool = True):
+    """``run_train`` in this process: the same defaults, the same run folder (``tmp/run``)."""
+    base = ["debug=default", "data.dataset_size=null"]
+    if not any(o.startswith("data=") for o in overrides):
+        base.append("data.source.num_patients=60")
+    return run_here("train.py", tmp, "run", [*base, *overrides], check)
+
+
+def eval_here(tmp: Path, *overrides: str, check: bool = True):
+    """``run_eval`` in this process (report in ``tmp/eval``)."""
+    return run_here("eval.py", tmp, "eval", overrides, check)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -84,16 +177,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def compose(config_name: str, overrides: list[str], out: Path | None = None) -> DictConfig:
+    """An entry point's composed config (with Hydra's part), its run folder ``out`` if given."""
+    from hydra import compose as hydra_compose
+
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
+    if out is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(out)
+            cfg.paths.log_dir = str(out.parent / "logs")
+            cfg.hydra.runtime.output_dir = str(out)
+    return cfg
+
+
 def compose_train(overrides: list[str], tmp: Path | None = None) -> DictConfig:
     """The composed train config, with run/data folders under ``tmp`` when given."""
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
-    if tmp is not None:
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp / "run")
-            cfg.paths.log_dir = str(tmp / "logs")
-            cfg.hydra.runtime.output_dir = str(tmp / "run")
-    return cfg
+    return compose("train.yaml", overrides, None if tmp is None else tmp / "run")
 
 
 def train_in_process(overrides: list[str], tmp: Path) -> tuple[dict, dict]:
@@ -107,7 +207,7 @@ def train_in_process(overrides: list[str], tmp: Path) -> tuple[dict, dict]:
     cfg = compose_train(overrides, tmp)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
-        cfg.paths.data_dir = str(tmp / "data")
+        cfg.paths.data_dir = str(shared_data_dir())
         del cfg.hydra  # as @hydra.main hands it over: the job's config only
     try:
         return train(cfg)

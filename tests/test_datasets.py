@@ -8,7 +8,7 @@ from pathlib import Path
 import layouts
 import pandas as pd
 import pytest
-from conftest import run_eval, run_script, run_train
+from conftest import eval_here, run_script, train_here
 
 from cxrlab.data.datamodule import CXRDataModule
 from cxrlab.data.selection import assert_no_leakage, patient_grouped_split
@@ -158,24 +158,26 @@ def test_rsna_full_label_file_and_shipped_views():
 
 
 # ---------------------------------------------------------------- train.py and eval.py
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_train_and_eval_on_each_dataset(name, datasets, tmp_path):
     root, _ = datasets[name]
-    run_train(tmp_path, f"data={name}", f"data.source.root={root}",
-              "evaluation.bootstrap=20", "model=resnet18")  # fmt: skip
+    train_here(tmp_path, f"data={name}", f"data.source.root={root}",
+               "evaluation.bootstrap=20", "model=resnet18")  # fmt: skip
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["images"] > 0
     assert metrics["skipped_unreadable"] == 0
     if name in ("nih", "siim_covid"):
         assert sum(metrics["left_out_by_source"].values()) > 0
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    run_eval(tmp_path, f"ckpt_path={ckpt}", "evaluation.bootstrap=20", "accelerator=cpu")
+    eval_here(tmp_path, f"ckpt_path={ckpt}", "evaluation.bootstrap=20", "accelerator=cpu")
     again = json.loads((tmp_path / "eval" / "report" / "metrics.json").read_text())
     assert again["images"] == metrics["images"]  # eval.py rebuilds the same test split
     preds = pd.read_csv(tmp_path / "eval" / "report" / "predictions.csv")
     assert preds["path"].str.startswith(str(root)).all()
 
 
+@pytest.mark.slow
 def test_explore_reports_what_the_source_left_out(datasets, tmp_path):
     root, exp = datasets["siim_covid"]
     overrides = ["data=siim_covid", f"data.source.root={root}", "explore.progress=false",

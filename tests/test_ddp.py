@@ -8,6 +8,9 @@ import pytest
 import torch
 from conftest import run_eval, run_train
 
+# every test here trains, serves or sweeps: the inner loop (pytest -m "not slow") skips it
+pytestmark = pytest.mark.slow
+
 HERE = Path(__file__).resolve().parent
 
 

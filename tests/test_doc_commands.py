@@ -130,6 +130,7 @@ def check_argparse(words: list[str], monkeypatch) -> None:
         if "parse_args" not in script.read_text():
             return  # takes no options (e.g. benchmarks/run.py's section names)
         monkeypatch.setattr(sys, "argv", [str(script), *words[2:]])
+        monkeypatch.syspath_prepend(str(script.parent))  # as `python script.py` does
         run = lambda: runpy.run_path(str(script), run_name="__main__")  # noqa: E731
     with pytest.raises(Parsed):
         run()
@@ -169,7 +170,7 @@ def scratch(tmp_path_factory, tiny_phantom):
     """A folder laid out like the repository: the entry points and configs, a trained run at
     logs/train/runs/RUN, the Kaggle dataset where data=kaggle_pneumonia looks, and the files
     the serving docs name."""
-    from test_train import run_train
+    from conftest import train_here
 
     from cxrlab.data.dicomwrite import write_dicom
 
@@ -179,7 +180,7 @@ def scratch(tmp_path_factory, tiny_phantom):
         (root / name).symlink_to(ROOT / name)
     (root / "data").mkdir()
     (root / "data" / "chest-xray-pneumonia").symlink_to(tiny_phantom)
-    run_train(root / "train", "model=resnet18", "trainer.max_epochs=1", "evaluation.bootstrap=10")
+    train_here(root / "train", "model=resnet18", "trainer.max_epochs=1", "evaluation.bootstrap=10")
     ckpt = root / RUN
     ckpt.parent.mkdir(parents=True)
     shutil.copy(root / "train" / "run" / "checkpoints" / "best.ckpt", ckpt)
@@ -196,6 +197,7 @@ def scratch(tmp_path_factory, tiny_phantom):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc, start", sorted(RUNS))
 def test_doc_commands_run_as_typed(doc, start, scratch):
     (line,) = [c for d, c in COMMANDS if d == doc and c.startswith(start)][:1]

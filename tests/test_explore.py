@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import compose_train, run_script, run_train
+from conftest import compose_train, run_here, run_script, train_here
 from hydra.utils import instantiate
 
 from cxrlab.data.sources.kaggle_pneumonia import NO_PATIENT
+
+# every test here trains, serves or sweeps: the inner loop (pytest -m "not slow") skips it
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +90,7 @@ def test_unreadable_and_duplicate_files_are_reported(report, messy_kaggle):
 
 
 def test_explore_logs_to_wandb_offline(tiny_phantom, tmp_path):
-    run_script(
+    run_here(
         "explore.py",
         tmp_path,
         "report",
@@ -112,7 +115,7 @@ def test_explore_counts_what_training_uses_file_for_file(report, messy_kaggle, t
     which skipped and why) is explore's, and its test split is explore's test split."""
     out, overrides = report
     data = [o for o in overrides if o.startswith("data")]
-    run_train(tmp_path, *data, "evaluation.bootstrap=20", "model=resnet18")
+    train_here(tmp_path, *data, "evaluation.bootstrap=20", "model=resnet18")
     trained = pd.read_csv(tmp_path / "run" / "splits.csv", keep_default_na=False)
     explored = pd.read_csv(out / "splits.csv", keep_default_na=False)
     pd.testing.assert_frame_equal(trained, explored)

@@ -13,16 +13,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, free_port, run_train
+from conftest import ROOT, free_port, train_here
 
 from cxrlab.inference.predictor import Predictor
 from cxrlab.inference.service import wait_until_healthy
+
+# every test here trains, serves or sweeps: the inner loop (pytest -m "not slow") skips it
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_phantom):
     tmp = tmp_path_factory.mktemp("serve")
-    run_train(tmp, "trainer.max_epochs=1", "evaluation.bootstrap=20")
+    train_here(tmp, "trainer.max_epochs=1", "evaluation.bootstrap=20")
     ckpt = tmp / "run" / "checkpoints" / "best.ckpt"
     port = free_port()
     cmd = [

@@ -13,8 +13,11 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, script_env
+from conftest import ROOT, script_env, shared_data_dir
 from optuna.trial import TrialState
+
+# every test here trains, serves or sweeps: the inner loop (pytest -m "not slow") skips it
+pytestmark = pytest.mark.slow
 
 TINY = [
     "debug=default",
@@ -46,7 +49,7 @@ def sweep_cmd(tmp: Path, *overrides: str) -> list[str]:
         sys.executable,
         str(ROOT / "train.py"),
         "-m",
-        f"paths.data_dir={tmp.parent / 'shared-data'}",  # one phantom for the module
+        f"paths.data_dir={shared_data_dir()}",  # one phantom for the session
         f"paths.log_dir={tmp / 'logs'}",
         *TINY,
         *overrides,

@@ -12,6 +12,9 @@ import pandas as pd
 import pytest
 from conftest import free_port, run_train
 
+# every test here trains, serves or sweeps: the inner loop (pytest -m "not slow") skips it
+pytestmark = pytest.mark.slow
+
 mlflow = pytest.importorskip("mlflow")
 
 

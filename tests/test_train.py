@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
-from conftest import ROOT, run_eval, run_script, run_train
+from conftest import ROOT, eval_here, run_eval, run_train, shared_data_dir, train_here
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,7 @@ def wandb_run(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.slow
 def test_run_folder_has_config_checkpoints_metrics_and_splits(wandb_run):
     run = wandb_run / "run"
     assert (run / ".hydra" / "config.yaml").is_file()
@@ -58,6 +60,7 @@ def test_run_folder_has_config_checkpoints_metrics_and_splits(wandb_run):
     assert set(preds["patient_id"]) <= set(splits[splits["split"] == "test"]["patient_id"])
 
 
+@pytest.mark.slow
 def test_checkpoint_carries_the_input_contract(wandb_run):
     ckpt = torch.load(
         wandb_run / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False
@@ -69,6 +72,7 @@ def test_checkpoint_carries_the_input_contract(wandb_run):
     assert hp["preprocess"]["size"] == 32
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_has_the_confusion_matrix_table(wandb_run):
     runs = list((wandb_run / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -80,12 +84,14 @@ def test_wandb_offline_run_has_the_confusion_matrix_table(wandb_run):
     assert list(runs[0].rglob("*pr_curve*.table.json"))
 
 
+@pytest.mark.slow
 def test_fast_dev_run_through_train_py(tmp_path):
-    proc = run_train(tmp_path, "debug=fast_dev_run", "data.source.num_patients=40")
+    proc = train_here(tmp_path, "debug=fast_dev_run", "data.source.num_patients=40")
     assert "Testing the current weights" in proc.stderr + proc.stdout
     assert (tmp_path / "run" / "test_metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_sigkilled_run_resumes_as_one_run(tmp_path):
     """SIGKILL in the 3rd epoch, then the README's resume command: the run goes on in its own
     folder from the end of the 2nd epoch, keeps the best checkpoint of the whole run and tests
@@ -94,7 +100,7 @@ def test_a_sigkilled_run_resumes_as_one_run(tmp_path):
                PYTHONPATH=str(ROOT / "tests"))  # fmt: skip
     base = [
         sys.executable, str(ROOT / "train.py"), "debug=default", "data.dataset_size=null",
-        "data.source.num_patients=60", f"paths.data_dir={tmp_path / 'data'}",
+        "data.source.num_patients=60", f"paths.data_dir={shared_data_dir()}",
         f"paths.log_dir={tmp_path / 'logs'}", "trainer.max_epochs=4",
         "callbacks.early_stopping=null", "logger=[csv,wandb]", "evaluation.bootstrap=20",
     ]  # fmt: skip
@@ -150,6 +156,7 @@ def test_checkpoints_are_written_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, key",
     [
@@ -160,8 +167,8 @@ def test_checkpoints_are_written_atomically(tmp_path):
     ],
 )
 def test_bad_config_fails_early_naming_the_key(tmp_path, override, key):
-    proc = run_train(tmp_path, override, "data.source.num_patients=40", check=False)
-    assert proc.returncode != 0
+    proc = train_here(tmp_path, override, "data.source.num_patients=40", check=False)
+    assert proc.returncode == 2  # a user's mistake (test_configs.py: the one line train.py prints)
     assert key in proc.stderr + proc.stdout
     assert not (tmp_path / "run" / "checkpoints").exists()  # failed before any training
 
@@ -169,7 +176,7 @@ def test_bad_config_fails_early_naming_the_key(tmp_path, override, key):
 @pytest.fixture(scope="module")
 def binary_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("binary")
-    run_train(
+    train_here(
         tmp,
         "logger=csv",
         "trainer.max_epochs=2",
@@ -180,6 +187,7 @@ def binary_run(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.slow
 def test_train_writes_the_report_with_a_validation_threshold(binary_run):
     run = binary_run / "run"
     rep = json.loads((run / "report" / "metrics.json").read_text())
@@ -194,6 +202,7 @@ def test_train_writes_the_report_with_a_validation_threshold(binary_run):
     assert summary["metrics"]["test/auroc"] == rep["metrics"]["auroc"]["value"]
 
 
+@pytest.mark.slow
 def test_eval_py_reproduces_the_training_report(binary_run):
     ckpt = binary_run / "run" / "checkpoints" / "best.ckpt"
     run_eval(binary_run, f"ckpt_path={ckpt}")  # bootstrap settings come from the checkpoint
@@ -218,11 +227,12 @@ def test_eval_py_reproduces_the_training_report(binary_run):
     close(a["metrics"], b["metrics"])
 
 
+@pytest.mark.slow
 def test_eval_on_the_validation_split_logs_val_metrics(binary_run, tmp_path):
     """eval.py split=val: every logged metric says val (never test/), and it says where the
     report went."""
     ckpt = binary_run / "run" / "checkpoints" / "best.ckpt"
-    proc = run_script("eval.py", tmp_path, "eval", [f"ckpt_path={ckpt}", "split=val"], True)
+    proc = eval_here(tmp_path, f"ckpt_path={ckpt}", "split=val")
     logged = pd.read_csv(tmp_path / "eval" / "csv" / "metrics.csv")
     metric_columns = [c for c in logged.columns if "/" in c]
     assert "val/auroc" in metric_columns and all(c.startswith("val/") for c in metric_columns)
@@ -232,43 +242,68 @@ def test_eval_on_the_validation_split_logs_val_metrics(binary_run, tmp_path):
     assert str(tmp_path / "eval" / "report") in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_eval_refuses_other_classes_and_foreign_files(binary_run, tmp_path):
     ckpt = binary_run / "run" / "checkpoints" / "best.ckpt"
-    proc = run_eval(
-        binary_run,
+    proc = eval_here(
+        tmp_path,
         f"ckpt_path={ckpt}",
         "data=synthetic",
         "data.task=multiclass",
         "data.source.num_patients=40",
         check=False,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert (
         "['normal', 'bacteria', 'virus'] differ from the checkpoint's ['normal', 'pneumonia']"
         in proc.stderr
     )
     junk = tmp_path / "junk.ckpt"
     torch.save({"state_dict": {}}, junk)
-    proc = run_eval(binary_run, f"ckpt_path={junk}", check=False)
-    assert proc.returncode != 0 and "not a cxrlab checkpoint" in proc.stderr
+    proc = eval_here(tmp_path, f"ckpt_path={junk}", check=False)
+    assert proc.returncode == 2 and "not a cxrlab checkpoint" in proc.stderr
 
 
+class Probe(pl.Callback):
+    """What the training steps really got (train_in_process runs it in this process)."""
+
+    seen: dict = {}
+
+    def on_train_start(self, trainer, module):
+        def record(net, args, out):
+            if net.training:
+                self.seen["input_channels_last"] = args[0].is_contiguous(
+                    memory_format=torch.channels_last
+                )
+                self.seen["output_dtype"] = out.dtype  # bfloat16 under bf16 autocast
+
+        module.net.register_forward_hook(record)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.seen["dtype"] = batch[0].dtype  # uint8 for the batch route; floats from workers
+
+
+@pytest.mark.slow
 def test_cpu_augmentation_bf16_and_channels_last_train(tmp_path):
-    """The alternative data path and the speed options run end to end on the CPU."""
-    proc = run_train(
-        tmp_path,
-        "debug=fast_dev_run",
-        "data.source.num_patients=40",
-        "augment=xray",
-        "augment.device=cpu",
-        "trainer.precision=bf16-mixed",
-        "model.channels_last=true",
-        "data.num_workers=1",
-    )
+    """The alternative data path and the speed options run end to end on the CPU, and are the
+    ones actually used (an earlier version of this test found "bf16" in its own folder name)."""
+    from conftest import train_in_process
+
+    seen = Probe.seen
+    overrides = ["debug=fast_dev_run", "data.dataset_size=null", "data.source.num_patients=40",
+                 "augment=xray", "augment.device=cpu", "trainer.precision=bf16-mixed",
+                 "model.channels_last=true", "data.num_workers=1",
+                 "+callbacks.probe._target_=test_train.Probe"]  # fmt: skip
+    metrics, objs = train_in_process(overrides, tmp_path)
     assert (tmp_path / "run" / "test_metrics.json").is_file()
-    assert "bf16" in proc.stdout + proc.stderr
+    trainer, model, dm = objs["trainer"], objs["model"], objs["datamodule"]
+    assert trainer.precision == "bf16-mixed"
+    assert seen["output_dtype"] == torch.bfloat16  # the network ran in bf16 autocast
+    assert dm.augment_device == "cpu" and seen["dtype"] == torch.float32  # augmented in workers
+    assert model.channels_last and seen["input_channels_last"]
 
 
+@pytest.mark.slow
 def test_predictor_matches_the_test_phase_predictions(binary_run):
     """A checkpoint alone reproduces the training run's test probabilities and labels."""
     from cxrlab.inference.predictor import Predictor
@@ -285,6 +320,7 @@ def test_predictor_matches_the_test_phase_predictions(binary_run):
     assert list(got["prediction"]) == list(expected["prediction"])
 
 
+@pytest.mark.slow
 def test_predict_py_on_a_folder_with_a_broken_file(binary_run, tmp_path):
     import shutil
 
@@ -317,6 +353,7 @@ def test_predict_py_on_a_folder_with_a_broken_file(binary_run, tmp_path):
     assert "1 could not be read" in proc.stderr
 
 
+@pytest.mark.slow
 def test_train_returns_the_best_checkpoints_validation_metric(tmp_path):
     """What a sweep optimizes: the monitored value of the checkpoint that gets tested."""
     from conftest import compose_train
@@ -330,7 +367,7 @@ def test_train_returns_the_best_checkpoints_validation_metric(tmp_path):
             "data.dataset_size=null",
             "trainer.max_epochs=3",
             "data.source.num_patients=40",
-            f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.data_dir={shared_data_dir()}",
             "callbacks.early_stopping=null",
             "callbacks.progress_bar=null",
             "evaluation.bootstrap=20",

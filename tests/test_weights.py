@@ -162,11 +162,12 @@ def test_offline_switch_never_touches_the_network(home, server, monkeypatch):
     assert server.requests == []
 
 
+@pytest.mark.slow
 def test_a_run_says_which_weights_it_started_from(home, server, monkeypatch, tmp_path):
     """train.py with fetched weights: the first screen, the checkpoint, test_metrics.json, the
     model card and the loggers' hyper-parameters name the file and its sha256."""
     import pandas as pd
-    from test_train import run_train
+    from conftest import run_train
 
     served = xrv_weights(server.folder)
     digest = hashlib.sha256(served.read_bytes()).hexdigest()
