@@ -62,8 +62,9 @@ def compose(recipe: str, overrides: list[str]):
 def recipe_parts(recipe: str, phantom: Path, cache: Path, overrides: list[str]):
     """The recipe's data module (its preprocessing, batch, sampler, augmentation; the phantom in
     the Kaggle layout as the images) and its model, built as train.py builds them."""
-    import hydra
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
+
+    from cxrlab.utils.instantiate import instantiate_data, instantiate_model
 
     cfg = compose(
         recipe,
@@ -78,18 +79,9 @@ def recipe_parts(recipe: str, phantom: Path, cache: Path, overrides: list[str]):
     with open_dict(cfg):
         cfg.data.source = {"name": "kaggle_pneumonia", "root": str(phantom)}
         cfg.data.cache_dir = str(cache)
-    augment = OmegaConf.to_container(cfg.augment, resolve=True)
-    dm = hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all")
+    dm, augment = instantiate_data(cfg)
     dm.setup()
-    model = hydra.utils.instantiate(
-        cfg.model,
-        class_names=dm.classes,
-        class_counts=dm.class_counts("train"),
-        preprocess=dm.preprocess.to_dict(),
-        augment=augment,
-        _convert_="all",
-    )
-    return cfg, dm, model
+    return cfg, dm, instantiate_model(cfg.model, dm, augment)
 
 
 def pipeline_rate(cfg, dm, model, steps: int, warm: int) -> tuple[float, float]:

@@ -20,11 +20,10 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 
 from cxrlab.checkpoints import AtomicCheckpointIO, resume_point
 from cxrlab.config import ConfigError, check_data_root, validate
-from cxrlab.data.datamodule import CXRDataModule
 from cxrlab.evaluation.report import write_split_report, write_test_metrics
 from cxrlab.evaluation.thresholds import choose_on_validation
 from cxrlab.models.weights import describe
-from cxrlab.utils.instantiate import instantiate_group
+from cxrlab.utils.instantiate import instantiate_data, instantiate_group, instantiate_model
 from cxrlab.utils.loggers import (
     close_runs,
     continue_logger_runs,
@@ -50,17 +49,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     log.info("Model %s starts from %s", cfg.model.backbone, describe(prov))
 
     log.info("Selecting data <%s>", cfg.data.source.name)
-    augment = OmegaConf.to_container(cfg.augment, resolve=True)
-    dm: CXRDataModule = hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all")
+    dm, augment = instantiate_data(cfg)
     dm.select()  # cheap, so wrong settings fail before any real work
-    model = hydra.utils.instantiate(
-        cfg.model,
-        class_names=dm.classes,
-        class_counts=dm.class_counts("train"),
-        preprocess=dm.preprocess.to_dict(),
-        augment=augment,
-        _convert_="all",
-    )
+    model = instantiate_model(cfg.model, dm, augment)
     resumed = resume_point(cfg.get("ckpt_path")) if cfg.get("train", True) else None
     logger_cfg = name_trial_runs(cfg.get("logger"), cfg.get("optuna_trial"))
     if resumed is not None:
