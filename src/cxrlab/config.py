@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from omegaconf import DictConfig, OmegaConf
 
 from cxrlab.data.augment import AugmentConfig
@@ -19,6 +21,19 @@ from cxrlab.models.weights import PRETRAINED_MODES
 
 class ConfigError(UserError):
     pass
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings objects that more than one part of a run reads, built (and so checked)
+    once here from the composed config and handed to the data module and the model, which
+    keep them as they are: the preprocessing (data module, model, checkpoint, predictors), the
+    augmentation (data module for augment.device=cpu, model for batch) and the fine-tuning
+    policy (model, its callbacks and optimizer)."""
+
+    preprocess: PreprocessSpec
+    augment: AugmentConfig
+    finetune: FinetuneConfig
 
 
 def _choice(value, allowed, key: str) -> None:
@@ -74,7 +89,12 @@ def check_data_root(source) -> None:
             )
 
 
-def validate(cfg: DictConfig) -> None:
+def _plain(node) -> dict:
+    return {} if node is None else OmegaConf.to_container(node, resolve=True)
+
+
+def validate(cfg: DictConfig) -> RunSettings:
+    """Check the composed train config before any work; the run's settings objects."""
     try:
         data, model = cfg.data, cfg.model
         _integer(data.batch_size, "data.batch_size", 1, "use a whole number of images >= 1")
@@ -89,7 +109,7 @@ def validate(cfg: DictConfig) -> None:
         _choice(data.get("sampler", "shuffle"), SAMPLERS, "data.sampler")
         _choice(data.task, ("binary", "multiclass"), "data.task")
         check_ratios(OmegaConf.to_container(data.split.ratios, resolve=True))
-        PreprocessSpec(**OmegaConf.to_container(data.preprocess, resolve=True))
+        preprocess = PreprocessSpec(**_plain(data.preprocess))
         if data.dataset_size is not None and int(data.dataset_size) <= 0:
             raise ConfigError(
                 f"data.dataset_size={data.dataset_size}: use a positive number or null"
@@ -99,12 +119,12 @@ def validate(cfg: DictConfig) -> None:
         _choice(model.optimizer.name, OPTIMIZERS, "model.optimizer.name")
         _choice(model.scheduler.name, SCHEDULERS, "model.scheduler.name")
         _choice(str(model.pretrained).lower(), PRETRAINED_MODES, "model.pretrained")
-        FinetuneConfig(**OmegaConf.to_container(model.get("finetune") or {}, resolve=True))
+        finetune = FinetuneConfig(**_plain(model.get("finetune")))
         if not 0 <= float(model.dropout) < 1:
             raise ConfigError(f"model.dropout={model.dropout}: use a value in [0, 1)")
         if float(model.optimizer.lr) <= 0:
             raise ConfigError(f"model.optimizer.lr={model.optimizer.lr}: must be > 0")
-        AugmentConfig(**OmegaConf.to_container(cfg.augment, resolve=True))
+        augment = AugmentConfig(**_plain(cfg.augment))
         if cfg.get("evaluation") is not None:
             parse_policy(cfg.evaluation.threshold)
             if int(cfg.evaluation.bootstrap) < 0:
@@ -114,6 +134,7 @@ def validate(cfg: DictConfig) -> None:
                 f"optimized_metric={cfg.optimized_metric!r}: choose a validation "
                 "metric (val/...); test metrics must not steer training"
             )
+        return RunSettings(preprocess=preprocess, augment=augment, finetune=finetune)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:

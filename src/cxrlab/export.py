@@ -95,9 +95,9 @@ def check_images(model, paths: list[str] | None = None, count: int = 8) -> np.nd
     """Real preprocessed radiographs as the export's input, (N, 1, S, S) floats in [0, 1]:
     ``paths`` (files, folders, globs) through the training read/preprocess path, or ``count``
     phantom radiographs (normal and pneumonia) rendered in memory."""
-    from cxrlab.data.preprocess import PreprocessSpec, load_preprocessed, preprocess_array
+    from cxrlab.data.preprocess import load_preprocessed, preprocess_array
 
-    spec = PreprocessSpec(**dict(model.hparams["preprocess"]))
+    spec = model.preprocess
     if paths:
         from cxrlab.inference.predictor import expand_inputs
 

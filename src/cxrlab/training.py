@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Run one training (and test) run; returns (metrics, objects)."""
-    validate(cfg)
+    settings = validate(cfg)
     check_data_root(cfg.data.source)
     if cfg.get("ckpt_path") and not Path(str(cfg.ckpt_path)).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file")
@@ -49,9 +49,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     log.info("Model %s starts from %s", cfg.model.backbone, describe(prov))
 
     log.info("Selecting data <%s>", cfg.data.source.name)
-    dm, augment = instantiate_data(cfg)
+    dm = instantiate_data(cfg, settings)
     dm.select()  # cheap, so wrong settings fail before any real work
-    model = instantiate_model(cfg.model, dm, augment)
+    model = instantiate_model(cfg.model, dm, settings)
     resumed = resume_point(cfg.get("ckpt_path")) if cfg.get("train", True) else None
     logger_cfg = name_trial_runs(cfg.get("logger"), cfg.get("optuna_trial"))
     if resumed is not None:

@@ -68,6 +68,9 @@ class AugmentConfig:
         if self.scaling >= 1:
             raise ValueError(f"augment.scaling={self.scaling}: use a fraction below 1")
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
     @property
     def geometric(self) -> bool:
         return bool(

@@ -33,6 +33,7 @@ from cxrlab.data.selection import (
     patient_grouped_split,
 )
 from cxrlab.errors import check_choice
+from cxrlab.utils.nested import as_settings
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class CXRDataModule(pl.LightningDataModule):
         check_choice(self.split_policy, SPLIT_POLICIES, "data.split.policy")
         self.ratios = check_ratios(split.get("ratios", {"train": 0.6, "val": 0.2, "test": 0.2}))
         self.split_seed = int(split.get("seed", seed))
-        self.preprocess = PreprocessSpec(**dict(preprocess or {}))
+        self.preprocess = as_settings(PreprocessSpec, preprocess)
         if int(batch_size) < 1:
             raise ValueError(f"data.batch_size={batch_size}: must be >= 1")
         self.batch_size = int(batch_size)
@@ -127,8 +128,11 @@ class CXRDataModule(pl.LightningDataModule):
         if epoch_size is not None and int(epoch_size) < 1:
             raise ValueError(f"data.epoch_size={epoch_size}: use a positive number or null")
         self.epoch_size = None if epoch_size is None else int(epoch_size)
-        self.augment_cfg = AugmentConfig(**dict(augment or {}))
-        self.augment_device = self.augment_cfg.device
+        self.augment_cfg = as_settings(AugmentConfig, augment)
+        # checkpoints keep plain dictionaries (loadable with weights_only=True), whatever came in
+        self.hparams.update(
+            preprocess=self.preprocess.to_dict(), augment=self.augment_cfg.to_dict()
+        )
         self.manifest: pd.DataFrame | None = None
         self._index: tuple[pd.DataFrame, list[str]] | None = None
         self.classes: list[str] = []
@@ -225,7 +229,7 @@ class CXRDataModule(pl.LightningDataModule):
             rows = np.flatnonzero((df["split"] == s).to_numpy() & ~df["path"].isin(bad).to_numpy())
             labels = df["label"].iloc[rows].map(label_index).to_numpy()
             transform = None
-            if s == "train" and self.augment_device == "cpu":
+            if s == "train" and self.augment_cfg.device == "cpu":
                 transform = albumentations_pipeline(self.augment_cfg, self.preprocess.size)
             self._sets[s] = CachedImages(cache, rows, labels, transform)
 

@@ -41,9 +41,8 @@ def evaluate(cfg: DictConfig) -> dict:
         )
     if dm.preprocess.to_dict() != dict(model.hparams["preprocess"]):
         log.info("Using the checkpoint's preprocessing %s", model.hparams["preprocess"])
-        from cxrlab.data.preprocess import PreprocessSpec
 
-        dm.preprocess = PreprocessSpec(**model.hparams["preprocess"])
+        dm.preprocess = model.preprocess
     loggers = instantiate_group(cfg.get("logger"))
     trainer = pl.Trainer(
         logger=loggers or False,

@@ -19,7 +19,7 @@ import torch
 
 from cxrlab.checkpoints import load_model
 from cxrlab.data.imageio import UnreadableImageError, scan_images
-from cxrlab.data.preprocess import PreprocessSpec, load_preprocessed
+from cxrlab.data.preprocess import load_preprocessed
 from cxrlab.errors import EXIT_USER_ERROR, UserError
 from cxrlab.models.module import CXRClassifier
 from cxrlab.utils.progress import track
@@ -45,7 +45,7 @@ class Predictor:
         self.gradcam_method = gradcam_method or DEFAULT_METHOD
         GradCAM(self.model, self.gradcam_layer, self.gradcam_method)
         self.classes: list[str] = list(model.class_names)
-        self.spec = PreprocessSpec(**dict(model.hparams["preprocess"]))
+        self.spec = model.preprocess
         self.threshold: float | None = model.threshold
 
     @classmethod

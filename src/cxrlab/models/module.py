@@ -17,6 +17,7 @@ import torchmetrics
 from torchmetrics import classification as tmc
 
 from cxrlab.data.augment import AugmentConfig, BatchAugment
+from cxrlab.data.preprocess import PreprocessSpec
 from cxrlab.errors import check_choice
 from cxrlab.models.backbones import BACKBONES, build_backbone
 from cxrlab.models.finetune import (
@@ -27,6 +28,7 @@ from cxrlab.models.finetune import (
     resolve_blocks,
 )
 from cxrlab.models.losses import build_loss
+from cxrlab.utils.nested import as_settings
 
 log = logging.getLogger(__name__)
 
@@ -128,17 +130,17 @@ class CXRClassifier(pl.LightningModule):
         backbone: str,
         class_names: Sequence[str],
         class_counts: Sequence[int],
-        preprocess: Mapping,
+        preprocess: PreprocessSpec | Mapping,
         pretrained: str = "auto",
         weights: str | None = None,
         dropout: float = 0.0,
         loss: Mapping | None = None,
         optimizer: Mapping | None = None,
         scheduler: Mapping | None = None,
-        augment: Mapping | None = None,
+        augment: AugmentConfig | Mapping | None = None,
         channels_last: bool = False,
         compile: bool = False,
-        finetune: Mapping | None = None,
+        finetune: FinetuneConfig | Mapping | None = None,
         init_from: str | None = None,
     ):
         super().__init__()
@@ -157,7 +159,7 @@ class CXRClassifier(pl.LightningModule):
             from cxrlab.models.weights import from_checkpoint
 
             self.pretrained_weights = from_checkpoint(init_from)
-        self.finetune = FinetuneConfig(**dict(finetune or {}))
+        self.finetune = as_settings(FinetuneConfig, finetune)
         if self.finetune.policy == "head":
             # frozen before anything wraps the model (DDP syncs only what requires grad then)
             self.net.features.requires_grad_(False)
@@ -167,7 +169,15 @@ class CXRClassifier(pl.LightningModule):
         check_choice(self.optimizer_cfg.get("name", "adam"), OPTIMIZERS, "model.optimizer.name")
         self.scheduler_cfg = dict(scheduler or {"name": "none"})
         check_choice(self.scheduler_cfg.get("name", "none"), SCHEDULERS, "model.scheduler.name")
-        aug = AugmentConfig(**dict(augment or {}))
+        aug = as_settings(AugmentConfig, augment)
+        # how files become this model's input, for the test loop, predictors and exports
+        self.preprocess = as_settings(PreprocessSpec, preprocess)
+        # checkpoints keep plain dictionaries (loadable with weights_only=True), whatever came in
+        self.hparams.update(
+            preprocess=self.preprocess.to_dict(),
+            augment=aug.to_dict(),
+            finetune=self.finetune.to_dict(),
+        )
         # augment.device=cpu: the DataLoader workers augment (albumentations); nothing here
         self.augment = BatchAugment(aug if aug.device == "batch" else AugmentConfig())
         self.channels_last = channels_last

@@ -15,22 +15,26 @@ def instantiate_group(cfg: DictConfig | None) -> list:
     return out
 
 
-def instantiate_data(cfg: DictConfig):
-    """(the run's CXRDataModule, its augmentation settings as a dict) from a composed config."""
-    from omegaconf import OmegaConf
-
-    augment = OmegaConf.to_container(cfg.augment, resolve=True)
-    return hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all"), augment
+def _partial(node: DictConfig):
+    """The node's ``_target_`` with its settings bound, waiting for the settings objects (Hydra
+    merges keyword arguments into the config, which would turn them back into dictionaries)."""
+    return hydra.utils.instantiate(node, _partial_=True, _convert_="all")
 
 
-def instantiate_model(model_cfg: DictConfig, dm, augment: dict):
+def instantiate_data(cfg: DictConfig, settings):
+    """The run's CXRDataModule from a composed config and its ``RunSettings``
+    (``cxrlab.config.validate``): preprocessing and augmentation as built there."""
+    return _partial(cfg.data)(preprocess=settings.preprocess, augment=settings.augment)
+
+
+def instantiate_model(model_cfg: DictConfig, dm, settings):
     """The run's CXRClassifier for a selected data module: its classes, the training split's
-    class counts (weighted losses), the data's preprocessing (into the checkpoint)."""
-    return hydra.utils.instantiate(
-        model_cfg,
+    class counts (weighted losses), the data's preprocessing (into the checkpoint), the run's
+    augmentation and fine-tuning settings."""
+    return _partial(model_cfg)(
         class_names=dm.classes,
         class_counts=dm.class_counts("train"),
-        preprocess=dm.preprocess.to_dict(),
-        augment=augment,
-        _convert_="all",
+        preprocess=dm.preprocess,
+        augment=settings.augment,
+        finetune=settings.finetune,
     )
