@@ -6,7 +6,7 @@ The files are what the public datasets hold, at their sizes: NIH-like 8-bit PNG 
 (anatomy from the phantom, upscaled, with noise so compression has real work). Each format's
 images go through ``build_cache`` (decode, scale, crop, resize to 224 px, uint8 store) with one
 worker process and with two; the baseline of the ratio is the one-worker build, run side by side.
-Writes logs/bench/cache_build.json.
+Writes benchmarks/results/cache_build.json.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """What every benchmark shares: where results go, the machine stamp, running train.py as a
-user does, and writing a result. Benchmarks run as scripts (``python benchmarks/x.py``), so
+user does, and writing a result (benchmarks/results/<name>.json, kept in the repository:
+benchmarks/tables.py makes docs/benchmarks.md's tables from them). Benchmarks run as scripts (``python benchmarks/x.py``), so
 this folder is on their import path: ``from common import save``."""
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "logs" / "bench"
+BENCH = ROOT / "logs" / "bench"  # scratch: generated files, caches, runs
+RESULTS = ROOT / "benchmarks" / "results"  # the figures, with machine and date
 
 
 def machine() -> str:
@@ -34,9 +36,13 @@ def train_py(*args: str) -> subprocess.CompletedProcess:
 
 
 def save(name: str, result: dict, quiet: tuple[str, ...] = ()) -> None:
-    """Write logs/bench/<name>.json (with the machine it ran on) and print it, less the
-    ``quiet`` keys (long tables already printed as they were measured)."""
-    BENCH.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": name, "machine": machine(), **result}
-    (BENCH / f"{name}.json").write_text(json.dumps(result, indent=2))
+    """Write benchmarks/results/<name>.json (with the machine it ran on and the date) and print
+    it, less the ``quiet`` keys (long tables already printed as they were measured). Then
+    ``python benchmarks/tables.py`` puts the figures into docs/benchmarks.md."""
+    import datetime
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    result = {"benchmark": name, "machine": machine(), "date": date, **result}
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in quiet}, indent=2))

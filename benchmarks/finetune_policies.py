@@ -7,7 +7,7 @@ a ResNet18 trained on a *source* phantom (other patients, generator seed 1, the 
 normal / bacterial / viral task, 660 balanced images). Each policy then trains on a small *target*
 set (seed 0, binary, 240 balanced images) from that trunk (`model.init_from`), against the
 same network from scratch. Reported: test AUROC (95% patient-bootstrap CI), seconds per
-training epoch, trainable parameters. Writes logs/bench/<--out>.json (finetune_policies).
+training epoch, trainable parameters. Writes benchmarks/results/<--out>.json (finetune_policies).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", help="reuse this source run folder (skips the source training)")
-    ap.add_argument("--out", default="finetune_policies", help="logs/bench/<out>.json")
+    ap.add_argument("--out", default="finetune_policies", help="benchmarks/results/<out>.json")
     args = ap.parse_args()
     out = BENCH / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
     source = Path(args.source) if args.source else out / "source"

@@ -1,6 +1,6 @@
 """The GPU check: one prepared script for a machine with a GPU, in one call of under 8 minutes.
 
-    python benchmarks/gpu_check.py               # on a GPU machine: writes logs/bench/gpu_check.json
+    python benchmarks/gpu_check.py               # on a GPU machine: writes benchmarks/results/gpu_check.json
     python benchmarks/gpu_check.py --reduced     # tiny sizes on any machine (the test suite runs it)
 
 It measures, on the phantom (no dataset, no download, no internet needed):
@@ -64,6 +64,7 @@ def recipe_parts(recipe: str, phantom: Path, cache: Path, overrides: list[str]):
     the Kaggle layout as the images) and its model, built as train.py builds them."""
     from omegaconf import open_dict
 
+    from cxrlab.config import validate
     from cxrlab.utils.instantiate import instantiate_data, instantiate_model
 
     cfg = compose(
@@ -79,9 +80,10 @@ def recipe_parts(recipe: str, phantom: Path, cache: Path, overrides: list[str]):
     with open_dict(cfg):
         cfg.data.source = {"name": "kaggle_pneumonia", "root": str(phantom)}
         cfg.data.cache_dir = str(cache)
-    dm, augment = instantiate_data(cfg)
+    settings = validate(cfg)
+    dm = instantiate_data(cfg, settings)
     dm.setup()
-    return cfg, dm, instantiate_model(cfg.model, dm, augment)
+    return cfg, dm, instantiate_model(cfg.model, dm, settings)
 
 
 def pipeline_rate(cfg, dm, model, steps: int, warm: int) -> tuple[float, float]:
@@ -238,7 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reduced", action="store_true", help="tiny sizes: a CPU smoke run")
     ap.add_argument("--work", type=Path, default=BENCH / "gpu_check", help="phantom and caches")
     ap.add_argument("--skip", nargs="*", default=[], choices=["augment", "ddp", "tests"])
-    ap.add_argument("--out", type=Path, help="the JSON (default: logs/bench/gpu_check.json)")
+    ap.add_argument(
+        "--out", type=Path, help="the JSON (default: benchmarks/results/gpu_check.json)"
+    )
     args = ap.parse_args(argv)
 
     from cxrlab.data import phantom

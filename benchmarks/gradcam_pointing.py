@@ -16,7 +16,7 @@ Every method (gradcam, gradcam++, hirescam, layercam) on every stage (stride 32,
 scored twice: on a selection set (pneumonia images of a phantom drawn with another seed, never
 seen in training) where the best combination is chosen, and on the run's test split, where
 the chosen one is reported. Writes
-logs/bench/gradcam_pointing_<backbone>[_<size>].json.
+benchmarks/results/gradcam_pointing_<backbone>[_<size>].json.
 """
 
 from __future__ import annotations

@@ -3,24 +3,21 @@
 Selects data exactly as `experiment=template` does (640 balanced images, patient-grouped
 60:20:20 split, seed 12345), then fits logistic regression on 32x32 and 64x64 thumbnails
 (regularization chosen on the validation split) and reports test AUROC. Compare with the
-DenseNet121 of `python train.py experiment=template` (README). Writes logs/bench/phantom_difficulty.json.
+DenseNet121 of `python train.py experiment=template` (README). Writes benchmarks/results/phantom_difficulty.json.
 
     python benchmarks/phantom_difficulty.py
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-from pathlib import Path
 
 import numpy as np
+from common import ROOT, save  # noqa: E402
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("CXRLAB_ROOT", str(ROOT))
 
 
@@ -44,7 +41,6 @@ def main() -> None:
     df = dm.select()
     y = (df["label"] == dm.classes[1]).to_numpy().astype(int)
     results = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "split_sizes": df["split"].value_counts().to_dict(),
     }
     for size in (32, 64):
@@ -72,10 +68,7 @@ def main() -> None:
             f"logistic regression on {size}x{size} thumbnails: C={c} "
             f"val AUROC {val_auc:.3f}, test AUROC {test_auc:.3f}"
         )
-    out = ROOT / "logs" / "bench" / "phantom_difficulty.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    save("phantom_difficulty", results)
 
 
 if __name__ == "__main__":

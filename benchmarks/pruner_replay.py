@@ -120,7 +120,7 @@ def main() -> None:
         default="last",
         help="what the pruner sees each epoch: that epoch's value or the best so far",
     )
-    p.add_argument("--out", default="pruner_replay", help="logs/bench/<out>.json")
+    p.add_argument("--out", default="pruner_replay", help="benchmarks/results/<out>.json")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -5,12 +5,13 @@
     python benchmarks/run.py <name> [args]    # one of them, e.g. serve_latency --requests 200
 
 The other benchmarks are scripts of their own in this folder (their results also land in
-logs/bench/, their tables in docs/benchmarks.md); this command runs them with the same
-arguments.
+benchmarks/results/, their tables in docs/benchmarks.md); this command runs them with the same
+arguments. `python benchmarks/tables.py` then rewrites docs/benchmarks.md's generated tables
+from benchmarks/results/.
 
 Each benchmark runs its sides in one process (memory: one subprocess per size, for clean peak
 RSS), excludes warm-up, reports medians of several repeats, prints a table and writes
-`logs/bench/<name>.json` with every figure and the ratio.
+`benchmarks/results/<name>.json` with every figure and the ratio, the machine and the date.
 
 1. data: images/s delivered to the model (decoded, resized, augmented, normalized) from the same
    2,000 full-size phantom files (half PNG, half JPEG, 1000-1400 px): (a) the original systems' (000-004)
@@ -352,7 +353,7 @@ def scripts() -> dict[str, str]:
 
     out = {}
     for path in sorted(HERE.glob("*.py")):
-        if path.stem in ("run", "common"):
+        if path.stem in ("run", "common", "tables"):
             continue
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         out[path.stem] = doc.splitlines()[0] if doc else ""

@@ -10,7 +10,7 @@ weights do not matter for speed). Then, on one phantom JPEG:
 (c) 8 concurrent clients: requests/s.
 API overhead at p50 = (b - a) / a, against the forward with every core and against the
 forward with the server's own thread count (`--server-threads`, default all cores but one).
-Writes logs/bench/<--out>.json (serve_latency).
+Writes benchmarks/results/<--out>.json (serve_latency).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main() -> None:
     p.add_argument("--ckpt")
     p.add_argument("--requests", type=int, default=60)
     p.add_argument("--server-threads", type=int, help="serve.py --threads (default: its own)")
-    p.add_argument("--out", default="serve_latency", help="logs/bench/<out>.json")
+    p.add_argument("--out", default="serve_latency", help="benchmarks/results/<out>.json")
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     ckpt = Path(args.ckpt) if args.ckpt else make_checkpoint(BENCH / "serve-ckpt")

@@ -19,7 +19,7 @@ inflated by taking a maximum over noisy validation values), trials pruned, epoch
 per arm the means over seeds and, against the baseline, the mean ratios and paired
 differences. `--dataset-size` and `--ratios` set the phantom subset and its train/validation/
 test split (the validation split is what the pruner and the study rank trials by). Writes
-logs/bench/<--out>.json.
+benchmarks/results/<--out>.json.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def main() -> None:
     p.add_argument(
         "--ratios", nargs=3, type=float, default=[0.6, 0.2, 0.2], metavar=("TRAIN", "VAL", "TEST")
     )
-    p.add_argument("--out", default="sweep_pruning", help="logs/bench/<out>.json")
+    p.add_argument("--out", default="sweep_pruning", help="benchmarks/results/<out>.json")
     args = p.parse_args()
     data = data_settings(args.dataset_size, args.ratios)
     stamp = time.strftime("%Y%m%d-%H%M%S")

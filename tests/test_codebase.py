@@ -61,3 +61,28 @@ def test_no_logger_class_is_named_outside_the_loggers_room():
             continue
         text = path.read_text()
         assert not [n for n in names if n in text], path.relative_to(ROOT)
+
+
+def test_benchmark_tables_are_the_measured_figures(tmp_path, monkeypatch):
+    """docs/benchmarks.md's generated tables equal what benchmarks/tables.py makes of the JSON
+    results in benchmarks/results/; a changed result changes the table."""
+    import json
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import tables
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    text = tables.DOC.read_text()
+    names = [m["name"] for m in tables.BLOCK.finditer(text)]
+    assert {"data", "train", "memory", "cache_build"} <= set(names)
+    assert tables.main(["--check"]) == 0, "run: python benchmarks/tables.py"
+    # the figures come from the JSON: change one and the table changes with it
+    results = tmp_path / "results"
+    shutil.copytree(tables.RESULTS, results)
+    data = json.loads((results / "data.json").read_text())
+    data["ratio"] = 123.4
+    (results / "data.json").write_text(json.dumps(data))
+    monkeypatch.setattr(tables, "RESULTS", results)
+    assert "**123.4x**" in tables.render(text) and "**123.4x**" not in text

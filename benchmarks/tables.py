@@ -1,0 +1,165 @@
+"""The result tables of docs/benchmarks.md, generated from the benchmarks' JSON results.
+
+    python benchmarks/tables.py           # rewrite every generated table from benchmarks/results/
+    python benchmarks/tables.py --check   # exit 1 if a table differs from its JSON (the tests run it)
+
+A generated table sits between two comment lines in the Markdown:
+
+    <!-- generated from benchmarks/results/<name>.json by benchmarks/tables.py -->
+    ...
+    <!-- end of generated table -->
+
+Everything between them is rewritten from the JSON that ``benchmarks/common.py:save`` wrote when
+the benchmark ran (figures, repeats, the machine and the date), so a figure in the docs is always
+the one measured. Prose around the tables is written by hand and says what the figures mean.
+Reads JSON only: no torch, runs anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+BLOCK = re.compile(
+    r"(<!-- generated from benchmarks/results/(?P<name>[\w-]+)\.json by benchmarks/tables\.py -->\n)"
+    r"(?P<body>.*?)"
+    r"(<!-- end of generated table -->)",
+    re.S,
+)
+
+
+def _n(x: float, digits: int = 0) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def _runs(xs: list[float], digits: int = 0) -> str:
+    return ", ".join(_n(x, digits) for x in xs)
+
+
+def _stamp(r: dict) -> str:
+    when = f", {r['date']}" if r.get("date") else ""
+    return f"Measured on {r['machine']}{when}."
+
+
+def data(r: dict) -> list[str]:
+    k = len(r["original_img_s"])
+    return [
+        f"| pipeline ({r['files']:,} files, {r['size']} px, batch {r['batch']}) "
+        f"| images/s, median of {k} | runs |",
+        "| --- | --- | --- |",
+        "| (a) the original systems' way: PIL open + resize + per-sample torchvision "
+        f"transforms, DataLoader with 2 workers | {_n(r['original_median'])} "
+        f"| {_runs(r['original_img_s'])} |",
+        "| (b) cxrlab: uint8 cache (memory-mapped) + batched augmentation + normalization "
+        f"| {_n(r['cxrlab_median'])} | {_runs(r['cxrlab_img_s'])} |",
+        f"| **ratio (b) / (a)** | **{r['ratio']:.1f}x** | |",
+        "",
+        f"One-time cache build of the same files: {r['cache_build_s']:.1f} s "
+        f"({_n(r['cache_build_img_s'])} images/s). {_stamp(r)}",
+    ]
+
+
+def train(r: dict) -> list[str]:
+    k = len(r["pipeline_img_s"])
+    return [
+        f"| {r['backbone']}, {r['size']} px, batch {r['batch']}, {r['train_images']} training "
+        f"images | images/s, median of {k} | runs |",
+        "| --- | --- | --- |",
+        f"| full training epoch through Lightning | {_n(r['pipeline_median'], 1)} "
+        f"| {_runs(r['pipeline_img_s'], 1)} |",
+        f"| ceiling: optimizer steps on tensors in memory | {_n(r['ceiling_median'], 1)} "
+        f"| {_runs(r['ceiling_img_s'], 1)} |",
+        f"| **ratio** | **{r['ratio']:.2f}** | |",
+        "",
+        _stamp(r),
+    ]
+
+
+def memory(r: dict) -> list[str]:
+    rows = [
+        f"| cached images ({r['size']} px) | store size | peak RSS, main process "
+        "| peak RSS, loader worker |",
+        "| --- | --- | --- | --- |",
+    ]
+    for n, run in sorted(r["runs"].items(), key=lambda kv: int(kv[0])):
+        store = int(n) * r["size"] ** 2 / 2**20
+        rows.append(
+            f"| {int(n):,} | {store:.0f} MB | {_n(run['peak_rss_mb'])} MB "
+            f"| {_n(run['peak_worker_rss_mb'])} MB |"
+        )
+    rows += ["", f"Ratio of the main process's peaks: {r['ratio_main']:.2f}. {_stamp(r)}"]
+    return rows
+
+
+# cache_build's format keys (benchmarks/cache_build.py FORMATS), as the table names them
+FORMAT_LABELS = {
+    "png8_1024": "PNG 8-bit 1024 px (NIH)",
+    "png16_2500x2048": "PNG 16-bit 2048x2500",
+    "jpeg_1800x1500": "JPEG 1500x1800 (Kaggle pneumonia)",
+    "dicom8_1024": "DICOM 8-bit 1024 px, uncompressed (RSNA)",
+    "dicom12_3000x2500": "DICOM 12-bit 2500x3000, uncompressed (SIIM)",
+    "dicom12_rle": "DICOM 12-bit 2500x3000, RLE",
+    "dicom12_jpegls": "DICOM 12-bit 2500x3000, JPEG-LS",
+    "dicom12_jpeg2000": "DICOM 12-bit 2500x3000, JPEG 2000",
+}
+
+
+def cache_build(r: dict) -> list[str]:
+    rows = [
+        f"| format (like), {r['size']} px out | files | MB on disk | images/s, 1 worker "
+        "| images/s, 2 workers | ratio 2/1 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, f in r["formats"].items():
+        rows.append(
+            f"| {FORMAT_LABELS.get(name, name)} | {f['files']} | {f['mb_on_disk']:.1f} | {f['images_per_s_1_worker']:.1f} "
+            f"| {f['images_per_s_2_workers']:.1f} | {f['ratio_2_to_1']:.2f} |"
+        )
+    rows += ["", _stamp(r)]
+    return rows
+
+
+RENDER = {"data": data, "train": train, "memory": memory, "cache_build": cache_build}
+
+
+def render(text: str) -> str:
+    """``text`` with every generated block rewritten from its JSON."""
+
+    def one(m: re.Match) -> str:
+        name = m["name"]
+        if name not in RENDER:
+            raise SystemExit(f"{DOC.name}: no table renderer for {name!r} (benchmarks/tables.py)")
+        path = RESULTS / f"{name}.json"
+        if not path.is_file():
+            raise SystemExit(f"{path}: missing; run `python benchmarks/run.py {name}` first")
+        body = "\n".join(RENDER[name](json.loads(path.read_text())))
+        return f"{m.group(1)}{body}\n{m.group(4)}"
+
+    return BLOCK.sub(one, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 where the doc differs")
+    args = ap.parse_args(argv)
+    text = DOC.read_text()
+    new = render(text)
+    if args.check:
+        if new != text:
+            print(f"{DOC}: generated tables differ from benchmarks/results/; run "
+                  "`python benchmarks/tables.py`", file=sys.stderr)  # fmt: skip
+            return 1
+        return 0
+    DOC.write_text(new)
+    print(f"{DOC}: {len(BLOCK.findall(new))} tables from {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
