@@ -29,7 +29,7 @@ format: $(STAMP)
 # every test, on every core (pytest-xdist; a module's tests stay on one worker, so its
 # fixtures are built once)
 test: lint
-	$(PY) -m pytest -q -n auto --dist loadscope
+	$(PY) -m pytest -q -n auto --dist loadscope --no-loadscope-reorder
 
 # the inner loop between edits: everything but the tests marked slow (training runs, sweeps,
 # DDP, the HTTP service, the loggers' stores)

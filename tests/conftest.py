@@ -23,10 +23,33 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("CXRLAB_OFFLINE", "1")
 
 
+# The test modules that take longest (seconds of one core each, measured with --durations=0 on
+# 2 cores), run first: pytest-xdist (--dist loadscope --no-loadscope-reorder) hands whole
+# modules to workers in this order, so the long ones do not start last and leave one worker
+# idle at the end (longest first is the classic makespan heuristic). Order only; no test
+# depends on it.
+LONGEST_FIRST = (
+    "test_sweep.py",
+    "test_train.py",
+    "test_recipes.py",
+    "test_serve.py",
+    "test_ddp.py",
+    "test_doc_commands.py",
+    "test_tracking.py",
+    "test_datasets.py",
+    "test_explore.py",
+    "test_finetune.py",
+    "test_weights.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` need CUDA: skipped without it (benchmarks/gpu_check.py runs them)."""
+    """Longest modules first (above); tests marked ``gpu`` need CUDA: skipped without it
+    (benchmarks/gpu_check.py runs them)."""
     import torch
 
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA (run on a GPU machine: pytest -m gpu)")

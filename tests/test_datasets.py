@@ -8,7 +8,7 @@ from pathlib import Path
 import layouts
 import pandas as pd
 import pytest
-from conftest import eval_here, run_script, train_here
+from conftest import eval_here, run_here, train_here
 
 from cxrlab.data.datamodule import CXRDataModule
 from cxrlab.data.selection import assert_no_leakage, patient_grouped_split
@@ -182,7 +182,7 @@ def test_explore_reports_what_the_source_left_out(datasets, tmp_path):
     root, exp = datasets["siim_covid"]
     overrides = ["data=siim_covid", f"data.source.root={root}", "explore.progress=false",
                  "explore.samples_per_class=2"]  # fmt: skip
-    run_script("explore.py", tmp_path, "report", overrides, check=True)
+    run_here("explore.py", tmp_path, "report", overrides)
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     left_out = summary["index"]["left_out_by_source"]
     assert left_out["view not in ['AP', 'PA']"] == exp["lateral"]

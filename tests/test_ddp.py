@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_eval, run_train
+from conftest import eval_here, run_train
 
 # every test here trains, serves or sweeps: the inner loop (pytest -m "not slow") skips it
 pytestmark = pytest.mark.slow
@@ -73,7 +73,8 @@ def test_ranks_train_on_disjoint_shards_covering_the_split(ddp_run):
 
 def test_two_process_test_metrics_equal_one_process_evaluation(ddp_run):
     ckpt = ddp_run / "run" / "checkpoints" / "best.ckpt"
-    run_eval(ddp_run, f"ckpt_path={ckpt}", "evaluation.bootstrap=100", "accelerator=cpu")
+    # the one-process side in this process: what it proves is one process against two
+    eval_here(ddp_run, f"ckpt_path={ckpt}", "evaluation.bootstrap=100", "accelerator=cpu")
     a = json.loads((ddp_run / "run" / "report" / "metrics.json").read_text())
     b = json.loads((ddp_run / "eval" / "report" / "metrics.json").read_text())
     assert a["images"] == b["images"]  # every test image once: no padding duplicates

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT, shared_data_dir
 from hydra import compose, initialize_config_dir
 
 from cxrlab.config import validate
@@ -180,6 +180,11 @@ def scratch(tmp_path_factory, tiny_phantom):
         (root / name).symlink_to(ROOT / name)
     (root / "data").mkdir()
     (root / "data" / "chest-xray-pneumonia").symlink_to(tiny_phantom)
+    # the session's phantoms and cache (built once, under their locks), as a user links a
+    # data folder kept elsewhere
+    for name in ("synthetic", "cache"):
+        (shared_data_dir() / name).mkdir(parents=True, exist_ok=True)
+        (root / "data" / name).symlink_to(shared_data_dir() / name)
     train_here(root / "train", "model=resnet18", "trainer.max_epochs=1", "evaluation.bootstrap=10")
     ckpt = root / RUN
     ckpt.parent.mkdir(parents=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import compose_train, run_here, run_script, train_here
+from conftest import compose_train, run_here, train_here
 from hydra.utils import instantiate
 
 from cxrlab.data.sources.kaggle_pneumonia import NO_PATIENT
@@ -41,7 +41,7 @@ def report(messy_kaggle, tmp_path_factory):
         "explore.progress=false",
         "explore.samples_per_class=4",
     ]
-    run_script("explore.py", tmp, "report", overrides, check=True)
+    run_here("explore.py", tmp, "report", overrides)
     return tmp / "report", overrides
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import free_port, run_train
+from conftest import free_port, run_train, train_here
 
 # every test here trains, serves or sweeps: the inner loop (pytest -m "not slow") skips it
 pytestmark = pytest.mark.slow
@@ -144,7 +144,7 @@ def test_wandb_offline_has_the_report_table_and_pictures(many_run):
 
 
 def test_mlflow_local_folder_by_default(tmp_path):
-    run_train(tmp_path, "logger=mlflow", "debug=fast_dev_run", "data.source.num_patients=40")
+    train_here(tmp_path, "logger=mlflow", "debug=fast_dev_run", "data.source.num_patients=40")
     store = tmp_path / "logs" / "mlruns"
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
     exp = client.get_experiment_by_name("cxrlab")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import ROOT, eval_here, run_eval, run_train, shared_data_dir, train_here
+from conftest import ROOT, eval_here, run_train, shared_data_dir, train_here
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_a_sigkilled_run_resumes_as_one_run(tmp_path):
     base = [
         sys.executable, str(ROOT / "train.py"), "debug=default", "data.dataset_size=null",
         "data.source.num_patients=60", f"paths.data_dir={shared_data_dir()}",
-        f"paths.log_dir={tmp_path / 'logs'}", "trainer.max_epochs=4",
+        f"paths.log_dir={tmp_path / 'logs'}", "trainer.max_epochs=4", "model=resnet18",
         "callbacks.early_stopping=null", "logger=[csv,wandb]", "evaluation.bootstrap=20",
     ]  # fmt: skip
     killed = subprocess.run(
@@ -205,7 +205,7 @@ def test_train_writes_the_report_with_a_validation_threshold(binary_run):
 @pytest.mark.slow
 def test_eval_py_reproduces_the_training_report(binary_run):
     ckpt = binary_run / "run" / "checkpoints" / "best.ckpt"
-    run_eval(binary_run, f"ckpt_path={ckpt}")  # bootstrap settings come from the checkpoint
+    eval_here(binary_run, f"ckpt_path={ckpt}")  # bootstrap settings come from the checkpoint
     a = json.loads((binary_run / "run" / "report" / "metrics.json").read_text())
     b = json.loads((binary_run / "eval" / "report" / "metrics.json").read_text())
     assert a["images"] == b["images"] and a["patients"] == b["patients"]
@@ -299,7 +299,7 @@ def test_cpu_augmentation_bf16_and_channels_last_train(tmp_path):
     trainer, model, dm = objs["trainer"], objs["model"], objs["datamodule"]
     assert trainer.precision == "bf16-mixed"
     assert seen["output_dtype"] == torch.bfloat16  # the network ran in bf16 autocast
-    assert dm.augment_device == "cpu" and seen["dtype"] == torch.float32  # augmented in workers
+    assert dm.augment_cfg.device == "cpu" and seen["dtype"] == torch.float32  # augmented in workers
     assert model.channels_last and seen["input_channels_last"]
 
 

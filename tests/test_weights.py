@@ -167,12 +167,12 @@ def test_a_run_says_which_weights_it_started_from(home, server, monkeypatch, tmp
     """train.py with fetched weights: the first screen, the checkpoint, test_metrics.json, the
     model card and the loggers' hyper-parameters name the file and its sha256."""
     import pandas as pd
-    from conftest import run_train
+    from conftest import train_here
 
     served = xrv_weights(server.folder)
     digest = hashlib.sha256(served.read_bytes()).hexdigest()
     monkeypatch.setenv(W.MIRROR_ENV, server.url)
-    proc = run_train(tmp_path, "model.pretrained=true", "data.source.num_patients=40",
+    proc = train_here(tmp_path, "model.pretrained=true", "data.source.num_patients=40",
                      "evaluation.bootstrap=10", "logger=csv")  # fmt: skip
     out = proc.stdout + proc.stderr
     first = out[: out.index("Selecting data")]
