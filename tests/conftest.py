@@ -21,6 +21,12 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 # no test reaches the internet: pretrained weights are served from loopback (test_weights.py)
 os.environ.setdefault("CXRLAB_OFFLINE", "1")
+# Under pytest-xdist each core already runs a test: one intra-op thread per process (inherited
+# by the entry points a test starts) rather than a thread per core in every process, where the
+# workers' OpenMP threads contend for the same cores and spin while they wait for each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 
 
 # The test modules that take longest (seconds of one core each, measured with --durations=0 on
@@ -88,6 +94,47 @@ def _test_basetemp(tmp_path_factory):
     yield
 
 
+_WARM = None
+
+
+def start_process(cmd: list, *, env: dict | None = None, cwd=None, start_new_session=False):
+    """``subprocess.Popen(cmd)`` with stdout and stderr captured (``communicate()`` returns
+    them as text). ``python <script.py> ...`` commands of this interpreter are forked from this
+    worker's warm server (tests/warm.py: a real process, its imports already done); anything
+    else, or every command with CXRLAB_TEST_COLD=1, starts cold."""
+    global _WARM
+    import warm
+
+    if (
+        len(cmd) > 1
+        and cmd[0] == sys.executable
+        and str(cmd[1]).endswith(".py")
+        and not os.environ.get("CXRLAB_TEST_COLD")
+    ):
+        if _WARM is None:
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            _WARM = warm.WarmServer(Path(os.environ["CXRLAB_TEST_BASETEMP"]) / f"warm-{worker}")
+            import atexit
+
+            atexit.register(_WARM.close)
+        return _WARM.start(cmd, env=env, cwd=cwd, start_new_session=start_new_session)
+    return subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=start_new_session,
+    )  # fmt: skip
+
+
+def run_process(cmd: list, *, env: dict | None = None, cwd=None, timeout: float = 600):
+    """``subprocess.run(cmd, capture_output=True, text=True)`` through ``start_process``."""
+    proc = start_process(cmd, env=env, cwd=cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, 9)
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def run_script(script: str, tmp: Path, run_dir: str, overrides, check: bool):
     """Run an entry point as a user does, with its logs and run folder under ``tmp`` and the
     session's shared data folder."""
@@ -99,7 +146,7 @@ def run_script(script: str, tmp: Path, run_dir: str, overrides, check: bool):
         f"hydra.run.dir={tmp / run_dir}",
         *overrides,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=script_env(), timeout=600)
+    proc = run_process(cmd, env=script_env(), timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

@@ -8,7 +8,7 @@ from pathlib import Path
 import layouts
 import pytest
 import torch
-from conftest import CONFIGS, ROOT, compose_train, train_in_process
+from conftest import CONFIGS, ROOT, compose_train, run_process, script_env, train_in_process
 
 RECIPES = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 # the recipe's data source -> how its fixture is made from the tiny phantom
@@ -116,13 +116,21 @@ def test_recipe_trains_on_the_gpu_in_mixed_precision(fixtures, tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_check_runs_in_its_reduced_mode(tmp_path):
+def test_gpu_check_runs_in_its_reduced_mode(tmp_path, monkeypatch):
     """benchmarks/gpu_check.py, the one script a GPU machine runs, cannot rot: every part of it
     runs here at tiny sizes (its pytest -m gpu part is left out: this is that suite)."""
     out = tmp_path / "gpu_check.json"
     sys.path.insert(0, str(ROOT / "benchmarks"))  # as the script runs: next to common.py
     try:
         import gpu_check
+
+        def train_py(*args):  # common.train_py's command, started as the tests start theirs
+            proc = run_process([sys.executable, str(ROOT / "train.py"), *args], env=script_env())
+            if proc.returncode != 0:
+                raise RuntimeError(f"train.py {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+            return proc
+
+        monkeypatch.setattr(gpu_check, "train_py", train_py)
 
         gpu_check.main(["--reduced", "--work", str(tmp_path), "--out", str(out), "--skip", "tests"])
     finally:

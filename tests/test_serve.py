@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, free_port, train_here
+from conftest import ROOT, free_port, run_process, start_process, train_here
 
 from cxrlab.inference.predictor import Predictor
 from cxrlab.inference.service import wait_until_healthy
@@ -42,17 +42,17 @@ def served(tmp_path_factory, tiny_phantom):
         "--max-batch",
         "4",
     ]
-    with open(tmp / "server.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_healthy(url, proc, timeout=120)
-        except RuntimeError as e:
-            raise AssertionError((tmp / "server.log").read_text()) from e
-        images = sorted((tiny_phantom / "chest_xray" / "test").rglob("*.jpeg"))[:6]
-        yield url, ckpt, images, tmp
-        proc.terminate()
-        proc.wait(30)
+    proc = start_process(cmd, env=dict(os.environ))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, proc, timeout=120)
+    except RuntimeError as e:
+        proc.kill()
+        raise AssertionError("\n".join(proc.communicate(30))) from e
+    images = sorted((tiny_phantom / "chest_xray" / "test").rglob("*.jpeg"))[:6]
+    yield url, ckpt, images, tmp
+    proc.terminate()
+    proc.wait(30)
 
 
 def post(url, path, name="x.jpeg", ctype="image/jpeg", data=None):
@@ -226,7 +226,7 @@ def test_gradcam_overlay_through_the_api_and_predict_py(served, tmp_path):
     for folder, img in (("a", images[0]), ("b", images[1])):
         (tmp_path / folder).mkdir()
         shutil.copy(img, tmp_path / folder / "image.jpeg")
-    proc = subprocess.run(
+    proc = run_process(
         [
             sys.executable,
             str(ROOT / "predict.py"),
@@ -245,9 +245,7 @@ def test_gradcam_overlay_through_the_api_and_predict_py(served, tmp_path):
             "gradcam",
             "--device",
             "cpu",
-        ],
-        capture_output=True,
-        text=True,
+        ]
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == sorted(

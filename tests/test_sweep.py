@@ -13,7 +13,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, script_env, shared_data_dir
+from conftest import ROOT, run_process, script_env, shared_data_dir, start_process
 from optuna.trial import TrialState
 
 # every test here trains, serves or sweeps: the inner loop (pytest -m "not slow") skips it
@@ -62,9 +62,7 @@ def sweep_env() -> dict:
 
 
 def run_sweep(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        sweep_cmd(tmp, *overrides), capture_output=True, text=True, env=sweep_env(), timeout=900
-    )
+    proc = run_process(sweep_cmd(tmp, *overrides), env=sweep_env(), timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"sweep failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -219,11 +217,9 @@ def test_pruned_trial_stops_early_in_a_separate_process(sweeps):
 def test_sigkilled_sweep_leaves_a_usable_study_and_the_rerun_retries_the_trial(sweeps):
     tmp = sweeps / "kill"
     args = ["hparams_search=optuna", "model.dropout=interval(0.0,0.5)", "hydra.sweeper.pruner=null"]
-    proc = subprocess.Popen(
+    proc = start_process(
         sweep_cmd(tmp, *args, "trainer.max_epochs=50", "hydra.sweeper.n_trials=1"),
         env=sweep_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
@@ -300,16 +296,10 @@ def test_two_workers_share_one_postgresql_study(sweeps, postgres_url):
     ]
     # one seed per worker (docs/sweeps.md): the same seed would propose the same parameters
     workers = [
-        subprocess.Popen(
-            sweep_cmd(tmp, *args, f"hydra.sweeper.sampler.seed={seed}"),
-            env=sweep_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        start_process(sweep_cmd(tmp, *args, f"hydra.sweeper.sampler.seed={seed}"), env=sweep_env())
         for seed in (1, 2)
     ]
-    outputs = [w.communicate(timeout=900)[0] for w in workers]
+    outputs = ["\n".join(w.communicate(timeout=900)) for w in workers]
     for w, out in zip(workers, outputs):
         assert w.returncode == 0, out[-4000:]
     trials = load(tmp, name, storage=postgres_url).trials

@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import ROOT, eval_here, run_train, shared_data_dir, train_here
+from conftest import ROOT, eval_here, run_process, run_train, shared_data_dir, train_here
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +103,10 @@ def test_a_sigkilled_run_resumes_as_one_run(tmp_path):
         f"paths.log_dir={tmp_path / 'logs'}", "trainer.max_epochs=4", "model=resnet18",
         "callbacks.early_stopping=null", "logger=[csv,wandb]", "evaluation.bootstrap=20",
     ]  # fmt: skip
-    killed = subprocess.run(
+    killed = run_process(
         [*base, "+callbacks.kill._target_=faults.KillAt", "+callbacks.kill.epoch=2",
          "+callbacks.kill.batch=1"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, timeout=600,
     )  # fmt: skip
     assert killed.returncode == -9, killed.stderr[-3000:]
     (run,) = (tmp_path / "logs" / "debug" / "runs").iterdir()
@@ -116,8 +115,7 @@ def test_a_sigkilled_run_resumes_as_one_run(tmp_path):
     assert state["epoch"] == 1 and state["global_step"] == 6  # lost: only the running epoch
     assert not list(run.glob("checkpoints/.*.tmp"))
 
-    resumed = subprocess.run([*base, f"ckpt_path={last}"], env=env, capture_output=True,
-                             text=True, timeout=600)  # fmt: skip
+    resumed = run_process([*base, f"ckpt_path={last}"], env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     out = resumed.stdout + resumed.stderr
     assert "Restored all states from the checkpoint" in out
@@ -341,7 +339,7 @@ def test_predict_py_on_a_folder_with_a_broken_file(binary_run, tmp_path):
         "--out",
         str(out),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = run_process(cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_csv(out, keep_default_na=False)
     assert len(df) == 4  # three images and the broken file; .DS_Store is not an image
