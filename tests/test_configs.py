@@ -70,6 +70,38 @@ def test_bad_values_name_the_key(override, key, tmp_path):
         validate(cfg)
 
 
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.sampler=random",
+        "data.split.policy=official_ish",
+        "data.epoch_size=0",
+        "data.source.name=imagenet",
+        "model.optimizer.name=lbfgs",
+        "model.pretrained=maybe",
+        "+model.loss.alpha=inverse",
+        "model.dropout=1.5",
+    ],
+)
+def test_each_rule_has_one_owner(override, tmp_path):
+    """validate() runs the owner's rule before any work, and building the owner from the same
+    config (as a Python user would) stops with the very same message: one rule, one place."""
+    from hydra.utils import get_class
+
+    cfg = compose_train([override], tmp_path)
+    with pytest.raises(ConfigError) as early:
+        validate(cfg)
+    group = override.lstrip("+").split(".")[0]
+    kwargs = OmegaConf.to_container(cfg[group], resolve=True)
+    owner_cls = get_class(kwargs.pop("_target_"))
+    if group == "model":
+        kwargs.update(class_names=["a", "b"], class_counts=[1, 1], preprocess={})
+    with pytest.raises(ConfigError) as owner:
+        owner_cls(**kwargs)
+    assert str(owner.value) == str(early.value)
+    assert override.lstrip("+").split("=")[0] in str(early.value)
+
+
 def test_paths_are_inside_the_repository_by_default():
     cfg = compose_train([])
     assert Path(cfg.paths.data_dir).name == "data"

@@ -89,5 +89,5 @@ def test_torchvision_weights_in_the_hub_cache_are_loaded(monkeypatch, tmp_path):
 
 
 def test_unknown_backbone_lists_the_choices():
-    with pytest.raises(ValueError, match="model.backbone='vgg11' is not known.*resnet18"):
+    with pytest.raises(ValueError, match="model.backbone='vgg11' is not allowed.*resnet18"):
         build_backbone("vgg11", 2)

@@ -24,13 +24,31 @@ class UserError(ValueError):
     """A mistake in the user's settings or data; the message says which and what to do."""
 
 
+class ConfigError(UserError):
+    """A config value that breaks its rule; the message names the key."""
+
+
 def check_choice(value, allowed, key: str) -> None:
-    """The one check of a choice setting (a name-to-class table or a list of names):
-    ``key=value`` must be one of ``allowed``, or a UserError names the key and the choices.
-    The setting's owner calls it where it uses the value; config.validate calls the same
-    before any work."""
+    """A choice setting (a name-to-class table or a list of names): ``key=value`` must be one
+    of ``allowed``, or a ConfigError names the key and the choices. Each setting's owner calls
+    it in its ``check_settings``, which its constructor and ``config.validate`` both run."""
     if value not in allowed:
-        raise UserError(f"{key}={value!r} is not allowed: use one of {list(allowed)}")
+        raise ConfigError(f"{key}={value!r} is not allowed: use one of {list(allowed)}")
+
+
+def check_integer(value, key: str, minimum: int, hint: str) -> int:
+    """``value`` as an int >= ``minimum`` (ints or their text; not bools or floats), or a
+    ConfigError naming ``key`` with ``hint``."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        ok = False
+    else:
+        try:
+            value, ok = int(value), True
+        except ValueError:
+            ok = False
+    if not ok or value < minimum:
+        raise ConfigError(f"{key}={value!r}: {hint}")
+    return value
 
 
 def _debug() -> bool:

@@ -32,7 +32,7 @@ from cxrlab.data.selection import (
     check_ratios,
     patient_grouped_split,
 )
-from cxrlab.errors import check_choice
+from cxrlab.errors import check_choice, check_integer
 from cxrlab.utils.nested import as_settings
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,36 @@ SOURCES = (
     "folder",
     "csv",
 )
+TASKS = ("binary", "multiclass")
 SPLIT_POLICIES = ("resplit", "official")
 BAD_FILE_POLICIES = ("skip", "error")
 SAMPLERS = ("shuffle", "weighted")
+DEFAULT_RATIOS = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+
+def check_settings(data: Mapping) -> None:
+    """The rules of the ``data.*`` settings this module owns, each naming its key (the
+    preprocessing and augmentation check themselves: PreprocessSpec, AugmentConfig). The data
+    module's constructor runs them; ``cxrlab.config.validate`` runs the same before any work.
+    Keys are the constructor's arguments; a missing one has the constructor's default."""
+    source = data.get("source") or {}
+    check_choice(source.get("name"), SOURCES, "data.source.name")
+    check_choice(data.get("task", "binary"), TASKS, "data.task")
+    split = data.get("split") or {}
+    check_choice(split.get("policy", "resplit"), SPLIT_POLICIES, "data.split.policy")
+    check_ratios(split.get("ratios", DEFAULT_RATIOS))
+    images = "use a whole number of images >= 1"
+    check_integer(data.get("batch_size", 32), "data.batch_size", 1, images)
+    if data.get("eval_batch_size") is not None:
+        check_integer(data["eval_batch_size"], "data.eval_batch_size", 1,
+                      f"{images} (or null: data.batch_size)")  # fmt: skip
+    check_integer(data.get("num_workers", 2), "data.num_workers", 0,
+                  "use 0 (no loader processes) or more")  # fmt: skip
+    for key in ("dataset_size", "epoch_size"):
+        if data.get(key) is not None:
+            check_integer(data[key], f"data.{key}", 1, "use a positive number or null")
+    check_choice(data.get("on_bad_file", "skip"), BAD_FILE_POLICIES, "data.on_bad_file")
+    check_choice(data.get("sampler", "shuffle"), SAMPLERS, "data.sampler")
 
 
 class CachedImages(Dataset):
@@ -75,8 +102,7 @@ class CachedImages(Dataset):
 
 
 def load_source(name: str):
-    if name not in SOURCES:
-        raise ValueError(f"data.source.name={name!r} is not known: use one of {list(SOURCES)}")
+    check_choice(name, SOURCES, "data.source.name")
     return importlib.import_module(f"cxrlab.data.sources.{name}")
 
 
@@ -100,33 +126,30 @@ class CXRDataModule(pl.LightningDataModule):
         epoch_size: int | None = None,
     ):
         super().__init__()
+        check_settings(
+            dict(source=source, task=task, dataset_size=dataset_size, split=split,
+                 batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+                 on_bad_file=on_bad_file, sampler=sampler, epoch_size=epoch_size)
+        )  # fmt: skip
         # saved in checkpoints: eval.py rebuilds the same selection from a checkpoint alone
         self.save_hyperparameters(logger=False)  # in checkpoints; loggers get the run config
         self.source = dict(source)
         self.source_name = self.source.pop("name", None)
-        load_source(self.source_name)
         self.task = task
-        self.dataset_size = dataset_size
+        self.dataset_size = None if dataset_size is None else int(dataset_size)
         split = dict(split or {})
         self.split_policy = split.get("policy", "resplit")
-        check_choice(self.split_policy, SPLIT_POLICIES, "data.split.policy")
-        self.ratios = check_ratios(split.get("ratios", {"train": 0.6, "val": 0.2, "test": 0.2}))
+        self.ratios = check_ratios(split.get("ratios", DEFAULT_RATIOS))
         self.split_seed = int(split.get("seed", seed))
         self.preprocess = as_settings(PreprocessSpec, preprocess)
-        if int(batch_size) < 1:
-            raise ValueError(f"data.batch_size={batch_size}: must be >= 1")
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
         self.cache_dir = Path(cache_dir)
-        check_choice(on_bad_file, BAD_FILE_POLICIES, "data.on_bad_file")
         self.on_bad_file = on_bad_file
         self.seed = int(seed)
         self.progress = progress
-        check_choice(sampler, SAMPLERS, "data.sampler")
         self.sampler = sampler
-        if epoch_size is not None and int(epoch_size) < 1:
-            raise ValueError(f"data.epoch_size={epoch_size}: use a positive number or null")
         self.epoch_size = None if epoch_size is None else int(epoch_size)
         self.augment_cfg = as_settings(AugmentConfig, augment)
         # checkpoints keep plain dictionaries (loadable with weights_only=True), whatever came in

@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrlab.errors import UserError
+from cxrlab.errors import UserError, check_integer
 
 
 class ThresholdPolicyError(UserError):
     pass
+
+
+def check_settings(ev) -> None:
+    """The rules of ``evaluation.*`` (the threshold policy, the report's bootstrap), run by
+    ``cxrlab.config.validate`` before any work."""
+    parse_policy(ev.get("threshold", "youden"))
+    check_integer(ev.get("bootstrap", 1000), "evaluation.bootstrap", 0,
+                  "use 0 (no intervals) or more resamples")  # fmt: skip
 
 
 def parse_policy(policy: str | float) -> tuple[str, float | None]:

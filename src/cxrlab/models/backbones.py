@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from cxrlab.errors import UserError
+from cxrlab.errors import UserError, check_choice
 from cxrlab.models.weights import (  # noqa: F401  (WeightsUnavailableError: re-exported)
     WeightsSource,
     WeightsUnavailableError,
@@ -219,8 +219,7 @@ BACKBONES: dict[str, BackboneEntry] = {
 
 
 def check_backbone(name: str) -> BackboneEntry:
-    if name not in BACKBONES:
-        raise UserError(f"model.backbone={name!r} is not known: use one of {sorted(BACKBONES)}")
+    check_choice(name, sorted(BACKBONES), "model.backbone")
     return BACKBONES[name]
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("ce", "weighted_ce", "focal")
+from cxrlab.errors import ConfigError, check_choice
 
 
 def class_weights_from_counts(counts: Sequence[int]) -> torch.Tensor:
@@ -48,6 +48,40 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
+def _ce(counts, label_smoothing: float = 0.0, **_) -> nn.Module:
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
+def _weighted_ce(counts, label_smoothing: float = 0.0, **_) -> nn.Module:
+    return nn.CrossEntropyLoss(
+        weight=class_weights_from_counts(counts), label_smoothing=label_smoothing
+    )
+
+
+def _focal(counts, label_smoothing: float = 0.0, gamma: float = 2.0, alpha=None) -> nn.Module:
+    if alpha == "balanced":
+        alpha = class_weights_from_counts(counts).tolist()
+    if alpha is not None and len(alpha) != len(counts):
+        raise ConfigError(f"model.loss.alpha has {len(alpha)} values for {len(counts)} classes")
+    return FocalLoss(gamma=gamma, alpha=alpha, label_smoothing=label_smoothing)
+
+
+# model.loss.name -> its builder (training class counts, the node's other keys)
+LOSSES = {"ce": _ce, "weighted_ce": _weighted_ce, "focal": _focal}
+
+
+def check_loss(loss: Mapping) -> None:
+    """The rules of ``model.loss.*`` (the class counts come later, with the data)."""
+    check_choice(loss.get("name", "ce"), LOSSES, "model.loss.name")
+    alpha = loss.get("alpha")
+    if isinstance(alpha, str) and alpha != "balanced":
+        raise ConfigError(f"model.loss.alpha={alpha!r}: use a list, 'balanced' or null")
+    if not 0 <= float(loss.get("label_smoothing", 0.0)) < 1:
+        raise ConfigError(
+            f"model.loss.label_smoothing={loss['label_smoothing']}: use a value in [0, 1)"
+        )
+
+
 def build_loss(
     name: str,
     class_counts: Sequence[int],
@@ -56,20 +90,5 @@ def build_loss(
     alpha: Sequence[float] | str | None = None,
 ) -> nn.Module:
     """``alpha`` for focal: a list, ``"balanced"`` (weights from training counts) or None."""
-    if name not in LOSSES:
-        raise ValueError(f"model.loss.name={name!r} is not known: use one of {list(LOSSES)}")
-    if name == "ce":
-        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    if name == "weighted_ce":
-        return nn.CrossEntropyLoss(
-            weight=class_weights_from_counts(class_counts), label_smoothing=label_smoothing
-        )
-    if isinstance(alpha, str):
-        if alpha != "balanced":
-            raise ValueError(f"model.loss.alpha={alpha!r}: use a list, 'balanced' or null")
-        alpha = class_weights_from_counts(class_counts).tolist()
-    if alpha is not None and len(alpha) != len(class_counts):
-        raise ValueError(
-            f"model.loss.alpha has {len(alpha)} values for {len(class_counts)} classes"
-        )
-    return FocalLoss(gamma=gamma, alpha=alpha, label_smoothing=label_smoothing)
+    check_loss({"name": name, "alpha": alpha, "label_smoothing": label_smoothing})
+    return LOSSES[name](class_counts, label_smoothing=label_smoothing, gamma=gamma, alpha=alpha)

@@ -18,8 +18,8 @@ from torchmetrics import classification as tmc
 
 from cxrlab.data.augment import AugmentConfig, BatchAugment
 from cxrlab.data.preprocess import PreprocessSpec
-from cxrlab.errors import check_choice
-from cxrlab.models.backbones import BACKBONES, build_backbone
+from cxrlab.errors import ConfigError, check_choice
+from cxrlab.models.backbones import BACKBONES, build_backbone, check_backbone
 from cxrlab.models.finetune import (
     FinetuneConfig,
     Finetuner,
@@ -27,7 +27,8 @@ from cxrlab.models.finetune import (
     param_groups,
     resolve_blocks,
 )
-from cxrlab.models.losses import build_loss
+from cxrlab.models.losses import build_loss, check_loss
+from cxrlab.models.weights import check_mode
 from cxrlab.utils.nested import as_settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,23 @@ def _plateau(module, opt, sched: dict) -> dict:
 
 # model.scheduler.name -> Lightning's lr_scheduler entry for an optimizer (none: no scheduler)
 SCHEDULERS = {"none": None, "cosine": _cosine, "plateau": _plateau}
+
+
+def check_settings(model: Mapping) -> None:
+    """The rules of the ``model.*`` settings, each naming its key: the classifier's
+    constructor runs them, ``cxrlab.config.validate`` runs the same before any work (the
+    fine-tuning policy checks itself: FinetuneConfig). Keys are the constructor's arguments."""
+    check_backbone(model["backbone"])
+    check_mode(model.get("pretrained", "auto"))
+    if not 0 <= float(model.get("dropout", 0.0)) < 1:
+        raise ConfigError(f"model.dropout={model['dropout']}: use a value in [0, 1)")
+    check_loss(model.get("loss") or {})
+    optimizer = model.get("optimizer") or {}
+    check_choice(optimizer.get("name", "adam"), OPTIMIZERS, "model.optimizer.name")
+    if float(optimizer.get("lr", 1e-3)) <= 0:
+        raise ConfigError(f"model.optimizer.lr={optimizer['lr']}: must be > 0")
+    scheduler = model.get("scheduler") or {}
+    check_choice(scheduler.get("name", "none"), SCHEDULERS, "model.scheduler.name")
 
 
 def float32_below(t: float) -> float:
@@ -144,6 +162,10 @@ class CXRClassifier(pl.LightningModule):
         init_from: str | None = None,
     ):
         super().__init__()
+        check_settings(
+            dict(backbone=backbone, pretrained=pretrained, dropout=dropout, loss=loss,
+                 optimizer=optimizer, scheduler=scheduler)
+        )  # fmt: skip
         # kept in checkpoints; not sent to loggers: train.py logs the whole run config once
         self.save_hyperparameters(logger=False)
         self.class_names = list(class_names)
@@ -166,9 +188,7 @@ class CXRClassifier(pl.LightningModule):
         loss = dict(loss or {"name": "ce"})
         self.criterion = build_loss(loss.pop("name", "ce"), class_counts, **loss)
         self.optimizer_cfg = dict(optimizer or {"name": "adam", "lr": 1e-3})
-        check_choice(self.optimizer_cfg.get("name", "adam"), OPTIMIZERS, "model.optimizer.name")
         self.scheduler_cfg = dict(scheduler or {"name": "none"})
-        check_choice(self.scheduler_cfg.get("name", "none"), SCHEDULERS, "model.scheduler.name")
         aug = as_settings(AugmentConfig, augment)
         # how files become this model's input, for the test loop, predictors and exports
         self.preprocess = as_settings(PreprocessSpec, preprocess)

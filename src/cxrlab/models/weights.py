@@ -176,14 +176,20 @@ def fetch(source: WeightsSource, expected_keys=None) -> Path:
 PRETRAINED_MODES = ("auto", "true", "false")
 
 
+def check_mode(pretrained) -> str:
+    """``model.pretrained`` as one of PRETRAINED_MODES (YAML's true/false arrive as bools)."""
+    mode = str(pretrained).lower()
+    check_choice(mode, PRETRAINED_MODES, "model.pretrained")
+    return mode
+
+
 def resolve(pretrained, source: WeightsSource, expected_keys=None) -> tuple[Path | None, dict]:
     """(weights file or None, provenance) for ``model.pretrained`` = auto | true | false.
 
     ``true`` fetches or raises; ``auto`` fetches and, if that fails, trains from scratch with a
     loud warning; ``false`` never looks. The provenance says which, and why.
     """
-    mode = str(pretrained).lower()
-    check_choice(mode, PRETRAINED_MODES, "model.pretrained")
+    mode = check_mode(pretrained)
     if mode == "false":
         return None, none("model.pretrained=false")
     try:
