@@ -135,7 +135,61 @@ def cache_build(r: dict) -> list[str]:
     return rows
 
 
-RENDER = {"data": data, "train": train, "memory": memory, "cache_build": cache_build}
+# peers' pipeline keys (benchmarks/peers.py PIPELINES), as the table names them
+PEER_LABELS = {
+    "monai_cache": "MONAI CacheDataset + ThreadDataLoader / DataLoader (2 workers)",
+    "monai_persistent": "MONAI PersistentDataset + DataLoader (2 workers)",
+    "xrv": "torchxrayvision's way, no cache: DataLoader (2 workers)",
+    "cxrlab": "**cxrlab**: uint8 cache + batched augmentation",
+}
+
+
+def peers(r: dict) -> list[str]:
+    rows = [
+        "| files | pipeline | first epoch, images/s | steady epochs, images/s "
+        "| cxrlab's steady / this | cxrlab's first / this | peak RSS (largest worker) "
+        "| cache on disk |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for _key, run in sorted(r["by_files"].items(), key=lambda kv: int(kv[0])):
+        for kind, s in run["summary"].items():
+            steady = s.get("cxrlab_steady_ratio")
+            first = s.get("cxrlab_first_ratio")
+            rows.append(
+                f"| {run['files']:,} | {PEER_LABELS.get(kind, kind)} "
+                f"| {_n(s['first_epoch_img_s'])} | {_n(s['steady_img_s'])} "
+                f"| {'' if steady is None else f'{steady:.1f}x'} "
+                f"| {'' if first is None else f'{first:.1f}x'} "
+                f"| {_n(s['peak_rss_mb'])} MB ({_n(s['peak_child_rss_mb'])} MB) "
+                f"| {_n(s['cache_disk_mb'])} MB |"
+            )
+    counts = ", ".join(
+        f"{run['files']:,} files: median of {run['rounds']} round{'s' if run['rounds'] > 1 else ''}"
+        + (f", steady epochs over their first {run['steady_batch_limit']} batches"
+           if run.get("steady_batch_limit") else "")
+        for _, run in sorted(r["by_files"].items(), key=lambda kv: int(kv[0]))
+    )  # fmt: skip
+    split = [
+        f"{run['files']:,} files: {_n(s['peak_anon_mb'])} MB anonymous, "
+        f"{_n(s['peak_file_mb'])} MB file-backed"
+        for _, run in sorted(r["by_files"].items(), key=lambda kv: int(kv[0]))
+        if "peak_anon_mb" in (s := run["summary"]["cxrlab"])
+    ]
+    return [
+        *rows,
+        "",
+        f"cxrlab's resident memory at its peaks: {'; '.join(split)}." if split else "",
+        f"{r['size']} px, batch {r['batch']}; {counts}. {_stamp(r)}",
+    ]
+
+
+RENDER = {
+    "data": data,
+    "train": train,
+    "memory": memory,
+    "cache_build": cache_build,
+    "peers": peers,
+}
 
 
 def render(text: str) -> str:
