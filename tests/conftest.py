@@ -21,6 +21,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 # no test reaches the internet: pretrained weights are served from loopback (test_weights.py)
 os.environ.setdefault("CXRLAB_OFFLINE", "1")
+# checkpoints renamed into place without waiting for the disk (fsync is for power loss, which no
+# test makes; a kill loses nothing written): a quarter second per 130 MB checkpoint here, and
+# the suite writes hundreds (test_train.py checks that real runs fsync)
+os.environ.setdefault("CXRLAB_FSYNC", "0")
 # Under pytest-xdist each core already runs a test: one intra-op thread per process (inherited
 # by the entry points a test starts) rather than a thread per core in every process, where the
 # workers' OpenMP threads contend for the same cores and spin while they wait for each other.
@@ -97,31 +101,47 @@ def _test_basetemp(tmp_path_factory):
 _WARM = None
 
 
+def _warm_server():
+    """This worker's warm server (tests/warm.py), started on first use."""
+    global _WARM
+    import warm
+
+    if _WARM is None:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        _WARM = warm.WarmServer(Path(os.environ["CXRLAB_TEST_BASETEMP"]) / f"warm-{worker}")
+        import atexit
+
+        atexit.register(_WARM.close)
+    return _WARM
+
+
 def start_process(cmd: list, *, env: dict | None = None, cwd=None, start_new_session=False):
     """``subprocess.Popen(cmd)`` with stdout and stderr captured (``communicate()`` returns
     them as text). ``python <script.py> ...`` commands of this interpreter are forked from this
     worker's warm server (tests/warm.py: a real process, its imports already done); anything
     else, or every command with CXRLAB_TEST_COLD=1, starts cold."""
-    global _WARM
-    import warm
-
     if (
         len(cmd) > 1
         and cmd[0] == sys.executable
         and str(cmd[1]).endswith(".py")
         and not os.environ.get("CXRLAB_TEST_COLD")
     ):
-        if _WARM is None:
-            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-            _WARM = warm.WarmServer(Path(os.environ["CXRLAB_TEST_BASETEMP"]) / f"warm-{worker}")
-            import atexit
-
-            atexit.register(_WARM.close)
-        return _WARM.start(cmd, env=env, cwd=cwd, start_new_session=start_new_session)
+        return _warm_server().start(cmd, env=env, cwd=cwd, start_new_session=start_new_session)
     return subprocess.Popen(
         cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=start_new_session,
     )  # fmt: skip
+
+
+def warm_python(folder: Path) -> Path | None:
+    """A folder holding a ``python`` that starts ``python <script>.py`` from this worker's warm
+    server (to put first on PATH for commands run through bash as typed); None with
+    CXRLAB_TEST_COLD=1."""
+    import warm
+
+    if os.environ.get("CXRLAB_TEST_COLD"):
+        return None
+    return warm.write_shim(_warm_server(), folder)
 
 
 def run_process(cmd: list, *, env: dict | None = None, cwd=None, timeout: float = 600):

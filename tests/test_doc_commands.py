@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, ROOT, shared_data_dir
+from conftest import CONFIGS, ROOT, shared_data_dir, warm_python
 from hydra import compose, initialize_config_dir
 
 from cxrlab.config import validate
@@ -209,13 +209,17 @@ def test_doc_commands_run_as_typed(doc, start, scratch):
     words = as_typed(line)
     script = words[1] if words[1] in TINY else None
     line = shlex.join(words + TINY.get(script, []))
+    # `python` is this interpreter; `python <script>.py` starts forked from the worker's warm
+    # server (its imports done, tests/warm.py), as every entry point the tests start
+    warm = warm_python(scratch / ".warm-bin")
+    path = [str(warm)] if warm else []
     env = dict(
         os.environ,
         **ENV,
         CXRLAB_ROOT=str(scratch),
         WANDB_MODE="offline",
         WANDB_SILENT="true",
-        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        PATH=os.pathsep.join([*path, str(Path(sys.executable).parent), os.environ["PATH"]]),
     )
     proc = subprocess.run(["bash", "-c", line], cwd=scratch, env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip

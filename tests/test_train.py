@@ -154,6 +154,26 @@ def test_checkpoints_are_written_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+@pytest.mark.parametrize(("setting", "synced"), [(None, True), ("1", True), ("0", False)])
+def test_checkpoints_reach_the_disk_before_the_rename(setting, synced, tmp_path, monkeypatch):
+    """Real runs fsync the checkpoint before renaming it into place (a crash of the machine
+    keeps a whole file); CXRLAB_FSYNC=0 (scratch disks, this suite) skips only that."""
+    import os
+
+    from cxrlab.checkpoints import atomic_torch_save
+
+    if setting is None:
+        monkeypatch.delenv("CXRLAB_FSYNC", raising=False)
+    else:
+        monkeypatch.setenv("CXRLAB_FSYNC", setting)
+    synced_files = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced_files.append(fd) or real_fsync(fd))
+    atomic_torch_save({"epoch": 1}, tmp_path / "last.ckpt")
+    assert bool(synced_files) is synced
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"epoch": 1}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "override, key",

@@ -237,10 +237,20 @@ class WarmServer:
             raise RuntimeError("the warm server did not start")
         self._n = 0
 
-    def start(self, cmd, env=None, cwd=None, text=True, start_new_session=False) -> WarmProcess:
+    @classmethod
+    def at(cls, address: str) -> WarmServer:
+        """A client of the server listening at ``address`` (started by another process)."""
+        client = cls.__new__(cls)
+        client.address, client._n = address, 0
+        return client
+
+    def start(self, cmd, env=None, cwd=None, text=True, start_new_session=False,
+              stdout=None, stderr=None) -> WarmProcess:  # fmt: skip
+        """Fork ``cmd`` (``python script.py args``) from the server; its output goes to the
+        files ``stdout``/``stderr`` (default: new files in the server's folder)."""
         self._n += 1
-        out = self.folder / f"{self._n}.out"
-        err = self.folder / f"{self._n}.err"
+        out = Path(stdout or self.folder / f"{self._n}.out")
+        err = Path(stderr or self.folder / f"{self._n}.err")
         req = {
             "argv": [str(c) for c in cmd],
             "env": dict(os.environ if env is None else env),
@@ -274,6 +284,37 @@ class WarmServer:
             self.proc.wait(10)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
+
+
+# ------------------------------------------------------------------------------ as `python`
+SHIM = """#!{python} -S
+# `python` for commands a test types into bash: python <script>.py runs forked from the test
+# worker's warm server (tests/warm.py), anything else is the real interpreter
+import os, sys
+sys.path.insert(0, {tests!r})
+args = sys.argv[1:]
+if not (args and args[0].endswith(".py") and os.path.exists({address!r})):
+    os.execv({python!r}, [{python!r}, *args])
+import warm
+me = f"/proc/{{os.getpid()}}/fd"
+proc = warm.WarmServer.at({address!r}).start(
+    [{python!r}, *args], env=dict(os.environ), cwd=os.getcwd(),
+    stdout=f"{{me}}/1", stderr=f"{{me}}/2",
+)
+code = proc.wait()
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def write_shim(server: WarmServer, folder: Path) -> Path:
+    """A folder with a ``python`` that routes ``python <script>.py`` to ``server``: put it first
+    on PATH for commands run through bash as typed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shim = folder / "python"
+    shim.write_text(SHIM.format(python=sys.executable, tests=str(Path(__file__).parent),
+                                address=server.address))  # fmt: skip
+    shim.chmod(0o755)
+    return folder
 
 
 if __name__ == "__main__":
