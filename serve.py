@@ -1,4 +1,7 @@
-"""Serve a checkpoint over HTTP: `python serve.py --ckpt best.ckpt --host 127.0.0.1 --port 8000`."""
+"""Serve a checkpoint over HTTP: `python serve.py --ckpt best.ckpt --host 127.0.0.1 --port 8000`.
+
+Every setting can also come from the environment (CXRLAB_CKPT, CXRLAB_PORT, CXRLAB_WORKERS...:
+`python serve.py --help`); the container image (Dockerfile) is configured that way."""
 
 import logging
 import sys

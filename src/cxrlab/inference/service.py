@@ -269,38 +269,178 @@ def wait_until_healthy(url: str, proc=None, timeout: float = 120.0) -> None:
     raise RuntimeError(f"{url}/health did not answer within {timeout:.0f} s")
 
 
-def main(argv: list[str] | None = None) -> None:
+# serve.py's settings that the environment may give (the container image sets them): a flag on
+# the command line wins over its variable, the variable over the default
+ENVIRONMENT = {
+    "ckpt": "CXRLAB_CKPT",
+    "host": "CXRLAB_HOST",
+    "port": "CXRLAB_PORT",
+    "device": "CXRLAB_DEVICE",
+    "threads": "CXRLAB_THREADS",
+    "workers": "CXRLAB_WORKERS",
+    "max_upload_mb": "CXRLAB_MAX_UPLOAD_MB",
+    "max_batch": "CXRLAB_MAX_BATCH",
+}
+# a worker process of uvicorn --workers N builds its app from these (set by main)
+_WORKER_ENV = "CXRLAB_SERVE_WORKER"
+# seconds a worker process may take to answer uvicorn's supervisor: starting (imports and the
+# model) or, later, when busy; past it the worker is killed and replaced
+WORKER_START_S = 120
+
+
+def _parser():
     import argparse
+
+    p = argparse.ArgumentParser(
+        description="Serve a cxrlab checkpoint over HTTP (FastAPI). Each setting can also come "
+        "from the environment variable named in its help (a flag wins over its variable).",
+    )
+
+    def add(flag, dest, help, **kw):
+        p.add_argument(flag, dest=dest, help=f"{help} [{ENVIRONMENT[dest]}]", **kw)
+
+    add("--ckpt", "ckpt", "a checkpoint written by train.py")
+    add("--host", "host", "address to bind (default 127.0.0.1; the container image: 0.0.0.0)")
+    add("--port", "port", "port (default 8000)", type=int)
+    add("--device", "device", "cpu, cuda, cuda:1 (default: cuda if any)")
+    add("--max-upload-mb", "max_upload_mb", "largest upload (default 20)", type=float)
+    add("--max-batch", "max_batch", "most files per /predict_batch request (default 16)", type=int)
+    add(
+        "--threads",
+        "threads",
+        "CPU threads for the model in each worker (default: all cores but one, shared among the "
+        "workers; one is left to HTTP handling and decoding; see docs/serving.md)",
+        type=int,
+    )
+    add(
+        "--workers",
+        "workers",
+        "server processes, each with its own copy of the model (default 1: requests share one "
+        "model; more answer concurrent requests in parallel on CPUs, at a model's memory each)",
+        type=int,
+    )
+    add_gradcam_options(p)
+    return p
+
+
+SETTING_TYPES = {
+    "port": int,
+    "threads": int,
+    "workers": int,
+    "max_batch": int,
+    "max_upload_mb": float,
+}
+SETTING_DEFAULTS = {
+    "host": "127.0.0.1",
+    "port": 8000,
+    "max_upload_mb": 20.0,
+    "max_batch": 16,
+    "workers": 1,
+}
+
+
+def settings(argv: list[str] | None = None, environ=None):
+    """serve.py's settings: flags, then the environment (``ENVIRONMENT``), then the defaults.
+    A bad value in a variable is a usage error naming the variable."""
+    environ = os.environ if environ is None else environ
+    p = _parser()
+    args = p.parse_args(argv)
+    args.from_env = set()
+    for dest, var in ENVIRONMENT.items():
+        if getattr(args, dest) is not None:
+            continue
+        raw = environ.get(var, "").strip()
+        if raw:  # empty = unset (the image declares every variable, most of them empty)
+            kind = SETTING_TYPES.get(dest, str)
+            try:
+                value = kind(raw)
+            except ValueError:
+                p.error(f"{var}={raw!r}: not a{'n integer' if kind is int else ' number'}")
+            setattr(args, dest, value)
+            args.from_env.add(dest)
+        else:
+            setattr(args, dest, SETTING_DEFAULTS.get(dest))
+    if args.ckpt is None:
+        p.error(f"a checkpoint is needed: --ckpt best.ckpt (or {ENVIRONMENT['ckpt']})")
+    for dest in ("port", "workers", "max_batch"):
+        if getattr(args, dest) < 1 or (dest == "port" and args.port > 65535):
+            p.error(f"{_named(args, dest)}={getattr(args, dest)}: out of range")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"{_named(args, 'threads')}={args.threads}: at least 1")
+    if args.max_upload_mb <= 0:
+        p.error(f"{_named(args, 'max_upload_mb')}={args.max_upload_mb:g}: must be positive")
+    if args.threads is None:  # the cores but one, shared among the worker processes
+        args.threads = max(1, (usable_cpus() - 1) // args.workers)
+    return args
+
+
+def _named(args, dest: str) -> str:
+    return ENVIRONMENT[dest] if dest in args.from_env else "--" + dest.replace("_", "-")
+
+
+def load_predictor(args) -> Predictor:
+    """The checkpoint's Predictor, or a UserError naming how the path was given."""
+    torch.set_num_threads(args.threads)
+    try:
+        return Predictor.from_checkpoint(
+            args.ckpt,
+            args.device,
+            args.gradcam_layer,
+            args.gradcam_method,
+            name=_named(args, "ckpt"),
+        )
+    except UserError as e:
+        if "ckpt" in args.from_env and not Path(args.ckpt).is_file():
+            raise UserError(
+                f"{e}. In a container, mount one there: -v /path/to/best.ckpt:{args.ckpt}:ro"
+            ) from e
+        raise
+
+
+def worker_app() -> FastAPI:
+    """The app of one uvicorn worker process (``--workers N``): the settings main() checked,
+    passed through the environment, and the worker's own copy of the model."""
+    import json
+    from argparse import Namespace
+
+    args = Namespace(**json.loads(os.environ[_WORKER_ENV]))
+    args.from_env = set(args.from_env)
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    )
+    predictor = load_predictor(args)
+    return create_app(predictor, args.max_upload_mb, args.max_batch, checkpoint=str(args.ckpt))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import json
 
     import uvicorn
 
-    p = argparse.ArgumentParser(description="Serve a cxrlab checkpoint over HTTP (FastAPI)")
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by train.py")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0)
-    p.add_argument("--max-batch", type=int, default=16)
-    add_gradcam_options(p)
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for the model (default: all cores but one, which is left to HTTP "
-        "handling and decoding; see docs/serving.md)",
-    )
-    args = p.parse_args(argv)
-    threads = args.threads or max(1, usable_cpus() - 1)
-    torch.set_num_threads(threads)
-    try:
-        predictor = Predictor.from_checkpoint(
-            args.ckpt, args.device, args.gradcam_layer, args.gradcam_method, name="--ckpt"
-        )
+    args = settings(argv)
+    try:  # checked here once, even when worker processes load their own copies
+        predictor = load_predictor(args)
     except UserError as e:
-        p.exit(EXIT_USER_ERROR, f"Error: {e}\n")
-    app = create_app(predictor, args.max_upload_mb, args.max_batch, checkpoint=str(args.ckpt))
+        _parser().exit(EXIT_USER_ERROR, f"Error: {e}\n")
     log.info(
-        "Serving %s on http://%s:%d (docs at /docs), %d model threads",
-        args.ckpt, args.host, args.port, threads,
+        "Serving %s on http://%s:%d (docs at /docs), %d worker process%s, %d model threads each",
+        args.ckpt, args.host, args.port, args.workers, "es" if args.workers > 1 else "",
+        args.threads,
     )  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    if args.workers == 1:
+        app = create_app(predictor, args.max_upload_mb, args.max_batch, checkpoint=str(args.ckpt))
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        return
+    del predictor  # each worker loads its own
+    os.environ[_WORKER_ENV] = json.dumps({**vars(args), "from_env": sorted(args.from_env)})
+    uvicorn.run(
+        "cxrlab.inference.service:worker_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+        # a worker imports torch and loads its model before it answers the supervisor's ping
+        # (uvicorn's default of 5 s had it killed and restarted while loading, measured)
+        timeout_worker_healthcheck=WORKER_START_S,
+    )
