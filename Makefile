@@ -1,11 +1,11 @@
-# make train | make test | make test-fast | make bench | make lint | make install
+# make train | make test | make test-fast | make bench | make lint | make install | make image
 # Each target installs into .venv first if needed (Python 3.10+ from PATH; PYTHON=... to choose).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-fast lint format bench clean-logs
+.PHONY: install train test test-fast lint format bench image clean-logs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+# the HTTP service's container image, cxrlab-serve (podman; CONTAINER_ENGINE=docker for docker),
+# built with this machine's pip settings: docs/serving.md#container
+image:
+	PIP="$(PYTHON) -m pip" bash docker/build.sh -t cxrlab-serve
 
 clean-logs:
 	rm -rf logs/*/

@@ -10,14 +10,8 @@ DB=optuna_test
 find_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 BIN=$(find_bin)
 if [ -z "$BIN" ] || [ ! -x "$BIN/postgres" ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "PostgreSQL is not installed and this is not root: apt-get install postgresql" >&2
-    exit 1
-  fi
-  echo "installing PostgreSQL (Debian package)" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq postgresql >&2
+  source "$(dirname "$0")/apt.sh"
+  apt_install postgresql
   BIN=$(find_bin)
 fi
 

@@ -183,12 +183,39 @@ def peers(r: dict) -> list[str]:
     ]
 
 
+def container(r: dict) -> list[str]:
+    """The service image against serve.py on the host (benchmarks/container.py)."""
+    med, ratio = r["median"], r["ratio_container_over_host"]
+    labels = {
+        "health_s": "start to first answered /health, s",
+        "first_predict_s": "start to first answered /predict, s",
+        "warm_predict_p50_ms": "POST /predict once warm, p50 ms",
+    }
+    n = len(r["rounds"]["host"])
+    rows = [
+        f"| median of {n} rounds | container | host (`python serve.py`) | container / host |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, label in labels.items():
+        rows.append(
+            f"| {label} | {med['container'][key]:.2f} | {med['host'][key]:.2f} | {ratio[key]:.2f} |"
+        )
+    size = r["image_bytes"] / 1e9
+    return [
+        *rows,
+        "",
+        f"Image: {size:.2f} GB (the Python environment's layer: {r['environment_layer']}); "
+        f"{r['checkpoint']}; request: {r['request_image']}. {_stamp(r)}",
+    ]
+
+
 RENDER = {
     "data": data,
     "train": train,
     "memory": memory,
     "cache_build": cache_build,
     "peers": peers,
+    "container": container,
 }
 
 

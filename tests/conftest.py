@@ -39,6 +39,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # idle at the end (longest first is the classic makespan heuristic). Order only; no test
 # depends on it.
 LONGEST_FIRST = (
+    "test_container.py",  # a first build of the image: about 7 minutes (none without podman)
     "test_sweep.py",
     "test_train.py",
     "test_recipes.py",
