@@ -17,8 +17,9 @@ if podman image exists "$TAG"; then
   exit 0
 fi
 if [ -z "$MIRROR" ]; then  # the machine's own Debian mirror (deb822 or one-line format)
-  MIRROR=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list.d/*.sources \
-             /etc/apt/sources.list 2>/dev/null | grep -v security | head -1 | awk '{print $2}')
+  MIRROR=$( (grep -hoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list.d/*.sources \
+               /etc/apt/sources.list 2>/dev/null || true) | grep -v security | head -1 \
+             | awk '{print $2}')
   MIRROR=${MIRROR:-http://deb.debian.org/debian}
 fi
 ROOT=$(mktemp -d /tmp/cxrlab-base.XXXXXX)
