@@ -19,9 +19,18 @@
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-# One stage on purpose: every dependency comes as a wheel (no compiler or headers to leave
-# behind), so a build stage would save nothing, and copying its 6.7 GB environment into the
-# runtime stage took over 4 minutes here (measured; docs/serving.md).
+# ---- requirements: the pinned dependencies of the [serve] extra, listed from pyproject.toml --
+# In a stage of its own, so the environment's layer below is keyed on that list alone: editing
+# pyproject.toml elsewhere (another extra, a tool's settings) does not rebuild 6.7 GB.
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml docker/requirements.py /src/
+RUN cd /src && python3 requirements.py pyproject.toml serve > requirements.txt \
+    && python3 requirements.py pyproject.toml --only torch torchvision > torch.txt
+
+# ---- the image ---------------------------------------------------------------------------
+# The environment is installed here, not copied from a build stage: every dependency is a wheel
+# (no compiler or headers to leave behind), so a build stage would save nothing, and copying its
+# 6.7 GB environment into this stage took over 4 minutes here (measured; docs/serving.md).
 FROM ${BASE_IMAGE}
 ARG TORCH_INDEX_URL=""
 # pip's settings for the install step, passed on only when given
@@ -32,19 +41,17 @@ ARG CA_CERT=""
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/cxrlab cxrlab \
     && python3 -m venv /opt/cxrlab
 ENV PATH=/opt/cxrlab/bin:$PATH
-# the pinned dependencies, from pyproject.toml alone: a change of the code reuses this layer
-# (gigabytes of wheels); pip's cache is not kept
-COPY pyproject.toml docker/requirements.py /tmp/cxrlab-deps/
+# the pinned dependencies: a change of the code or of pyproject.toml's other parts reuses this
+# layer (gigabytes of wheels); pip's cache is not kept
+COPY --from=requirements /src/requirements.txt /src/torch.txt /tmp/cxrlab-deps/
 RUN set -eu; cd /tmp/cxrlab-deps; export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1; \
     [ -z "$INDEX_URL" ] || export PIP_INDEX_URL="$INDEX_URL"; \
     [ -z "$EXTRA_INDEX_URL" ] || export PIP_EXTRA_INDEX_URL="$EXTRA_INDEX_URL"; \
     [ -z "$FIND_LINKS" ] || export PIP_FIND_LINKS="$FIND_LINKS"; \
     [ -z "$CA_CERT" ] || export PIP_CERT="$CA_CERT"; \
     if [ -n "$TORCH_INDEX_URL" ]; then \
-        pip install --index-url "$TORCH_INDEX_URL" \
-            $(python requirements.py pyproject.toml --only torch torchvision); \
+        pip install --index-url "$TORCH_INDEX_URL" -r torch.txt; \
     fi; \
-    python requirements.py pyproject.toml serve > requirements.txt; \
     pip install -r requirements.txt; \
     rm -rf /tmp/cxrlab-deps
 # then cxrlab itself, not editable (no source tree stays behind), in small layers of their own
