@@ -1,11 +1,12 @@
 # make train | make test | make test-fast | make bench | make lint | make install | make image
+# make dashboard
 # Each target installs into .venv first if needed (Python 3.10+ from PATH; PYTHON=... to choose).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-fast lint format bench image clean-logs
+.PHONY: install train test test-fast lint format bench image dashboard clean-logs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,15 @@ bench: $(STAMP)
 # built with this machine's pip settings: docs/serving.md#container
 image:
 	PIP="$(PYTHON) -m pip" bash docker/build.sh -t cxrlab-serve
+
+# optuna-dashboard on the sweeps' studies (the dashboard extra; make install has it), on
+# 127.0.0.1 only unless told: make dashboard DASHBOARD_HOST=0.0.0.0 DASHBOARD_PORT=8081
+# STORAGE=postgresql://... (docs/sweeps.md)
+STORAGE ?= sqlite:///logs/optuna/studies.db
+DASHBOARD_HOST ?= 127.0.0.1
+DASHBOARD_PORT ?= 8080
+dashboard: $(STAMP)
+	$(VENV)/bin/optuna-dashboard '$(STORAGE)' --host $(DASHBOARD_HOST) --port $(DASHBOARD_PORT)
 
 clean-logs:
 	rm -rf logs/*/

@@ -1,7 +1,11 @@
 """`python train.py -m hparams_search=optuna` end to end: failures, resume, SIGKILL, pruning,
 parallel workers on PostgreSQL, DDP trials. Tiny phantom, a few short epochs per trial."""
 
+import html
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,11 +13,12 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, run_process, script_env, shared_data_dir, start_process
+from conftest import ROOT, free_port, run_process, script_env, shared_data_dir, start_process
 from optuna.trial import TrialState
 
 # every test here trains, serves or sweeps: the inner loop (pytest -m "not slow") skips it
@@ -177,6 +182,146 @@ def test_each_trial_is_its_own_run_in_every_logger(fault_sweep):
         for p in (folder / f"trial_{n}" / "wandb").glob("offline-run-*")
     }
     assert len(ids) == 2
+
+
+def test_the_dashboard_shows_the_study_in_a_browser(fault_sweep):
+    """`make dashboard`'s command (optuna-dashboard on the study storage, 127.0.0.1) serves
+    the fault sweep's study; headless Chromium loads its pages, and the rendered pages name
+    the study and count its trials. The screenshot is kept in logs/test-artifacts/."""
+    if shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("needs the dashboard extra: pip install -e '.[dashboard]'")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs it (.ci/chromium.sh)")
+        pytest.skip("needs Chromium (Debian: apt-get install chromium)")
+    tmp, *_ = fault_sweep
+    db = tmp / "logs" / "optuna" / "studies.db"
+    study = load(tmp, FAULTS)
+    port = free_port()
+    make = run_process(["make", "-n", "dashboard", f"STORAGE=sqlite:///{db}",
+                        f"DASHBOARD_PORT={port}"], cwd=ROOT)  # fmt: skip
+    (command,) = [line for line in make.stdout.splitlines() if "optuna-dashboard" in line]
+    server = start_process(shlex.split(command), cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.communicate()
+            try:
+                if httpx.get(f"{url}/api/studies", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "optuna-dashboard did not answer"
+                time.sleep(0.5)
+        study_id = study._study_id
+
+        def rendered(page: str, *extra: str) -> str:
+            proc = subprocess.run(
+                [chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-dev-shm-usage", "--window-size=1280,900",
+                 "--virtual-time-budget=15000", *extra, f"{url}{page}"],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", proc.stdout)))
+
+        listing = rendered("/dashboard", "--dump-dom")
+        assert FAULTS in listing
+        trials = rendered(f"/dashboard/studies/{study_id}/trials", "--dump-dom")
+        assert f"{len(study.trials)} Trials" in trials, trials[:2000]
+        for t in study.trials:
+            assert f"Trial {t.number}" in trials
+        shots = ROOT / "logs" / "test-artifacts"
+        shots.mkdir(parents=True, exist_ok=True)
+        shot = shots / "optuna-dashboard.png"
+        shot.unlink(missing_ok=True)
+        rendered(f"/dashboard/studies/{study_id}", f"--screenshot={shot}")
+        assert shot.stat().st_size > 10_000
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+
+
+# lightning-hydra-template's configs/hparams_search/mnist_optuna.yaml (written for
+# hydra-optuna-sweeper), with only the metric and the parameter names changed to cxrlab's
+LHT_OPTUNA = """# @package _global_
+
+# example hyperparameter optimization of some experiment with Optuna:
+# python train.py -m hparams_search=mnist_optuna experiment=example
+
+defaults:
+  - override /hydra/sweeper: optuna
+
+# choose metric which will be optimized by Optuna
+# make sure this is the correct name of some metric logged in lightning module!
+optimized_metric: "val/auroc"
+
+# here we define Optuna hyperparameter search
+# it optimizes for value returned from function with @hydra.main decorator
+# docs: https://hydra.cc/docs/next/plugins/optuna_sweeper
+hydra:
+  mode: "MULTIRUN" # set hydra to multirun by default if this config is attached
+
+  sweeper:
+    _target_: hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper
+
+    # storage URL to persist optimization results
+    # for example, you can use SQLite if you set 'sqlite:///example.db'
+    storage: null
+
+    # name of the study to persist optimization results
+    study_name: null
+
+    # number of parallel workers
+    n_jobs: 1
+
+    # 'minimize' or 'maximize' the objective
+    direction: maximize
+
+    # total number of runs that will be executed
+    n_trials: 20
+
+    # choose Optuna hyperparameter sampler
+    # you can choose bayesian sampler (tpe), random search (without optimization), grid sampler, and others
+    # docs: https://optuna.readthedocs.io/en/stable/reference/samplers.html
+    sampler:
+      _target_: optuna.samplers.TPESampler
+      seed: 1234
+      n_startup_trials: 10 # number of random sampling runs before optimization starts
+
+    # define hyperparameter search space
+    params:
+      model.optimizer.lr: interval(0.0001, 0.1)
+      data.batch_size: choice(32, 64, 128, 256)
+      model.dropout: choice(0.0, 0.1, 0.2)
+      augment.rotation: choice(0.0, 5.0, 10.0)
+      augment.scaling: choice(0.0, 0.05, 0.1, 0.2)
+"""
+
+
+def test_a_lightning_hydra_template_optuna_config_runs_as_written(sweeps):
+    """The file a lightning-hydra-template user brings: `override /hydra/sweeper: optuna`,
+    the plugin's `_target_`, `storage: null`, `study_name: null`, multirun by its own
+    `hydra.mode` (no -m); the sweep says what n_trials means here."""
+    tmp = sweeps / "lht"
+    conf = tmp / "conf" / "hparams_search"
+    conf.mkdir(parents=True)
+    (conf / "mnist_optuna.yaml").write_text(LHT_OPTUNA)
+    cmd = [a for a in sweep_cmd(tmp) if a not in ("-m", "hydra.sweeper.params=null")]
+    proc = run_process(
+        [*cmd, f"hydra.searchpath=[file://{tmp / 'conf'}]", "hparams_search=mnist_optuna",
+         "hydra.sweeper.n_trials=2", "trainer.max_epochs=1", "logger=csv"],
+        env=sweep_env(), timeout=900,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "n_trials=2 is the study's total" in out and "study_name is null" in out
+    (table,) = (tmp / "logs").rglob("trials.csv")
+    trials = pd.read_csv(table)
+    assert list(trials["state"]) == ["COMPLETE", "COMPLETE"]
+    for name in ("model.optimizer.lr", "data.batch_size", "model.dropout", "augment.scaling"):
+        assert trials[f"params.{name}"].notna().all(), trials.columns
+    assert trials["value"].between(0, 1).all()  # val/auroc of each trial's best checkpoint
 
 
 def test_pruned_trial_stops_early_in_a_separate_process(sweeps):

@@ -185,3 +185,104 @@ def test_bad_sweeper_settings_name_the_key(setting, match):
             heartbeat_interval=None,
             **setting,
         )
+
+
+# ---- configs written for hydra-optuna-sweeper -----------------------------------------------
+
+
+def _sweep(**setting):
+    kw = dict(sampler=None, pruner=None, direction="auto", storage=None, study_name="s",
+              n_trials=1, n_jobs=1, params=None, max_failures=1, heartbeat_interval=None)  # fmt: skip
+    return OptunaSweep(**{**kw, **setting})
+
+
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ({"max_failure_rate": 1.5}, r"max_failure_rate=1.5: a fraction from 0 to 1"),
+        ({"custom_search_space": "no.such.fn"}, r"custom_search_space='no.such.fn': no such"),
+        ({"direction": ["maximize", "minimize"]}, r"one objective only"),
+        (
+            {
+                "search_space": {
+                    "datamodule.batch_size": {"type": "categorical", "choices": [32, 64]},
+                    "model.lr": {"type": "float", "low": 0.0001, "high": 0.2, "log": True},
+                    "model.depth": {"type": "int", "low": 2, "high": 8, "step": 2},
+                }
+            },  # fmt: skip
+            r"write the same space as hydra.sweeper.params:\n"
+            r"      datamodule.batch_size: choice\(32, 64\)\n"
+            r"      model.lr: tag\(log, interval\(0.0001, 0.2\)\)\n"
+            r"      model.depth: range\(2, 8, 2\)",
+        ),
+    ],
+)
+def test_the_old_plugins_settings_are_checked_with_what_to_write(setting, match):
+    with pytest.raises(SweepError, match=match):
+        _sweep(**setting)
+
+
+def test_the_old_plugins_names_sampler_group_and_target_compose_to_this_sweeper(tmp_path):
+    """`override /hydra/sweeper: optuna`, the hydra/sweeper/sampler group and the plugin's own
+    `_target_` all reach cxrlab's sweeper when hydra-optuna-sweeper is not installed, with
+    `study_name: null` and `storage: null` accepted."""
+    from conftest import compose
+    from hydra.core.plugins import Plugins
+
+    conf = tmp_path / "hparams_search"
+    conf.mkdir()
+    (conf / "old.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n"
+        "  - override /hydra/sweeper: optuna\n"
+        "  - override /hydra/sweeper/sampler: random\n"
+        "hydra:\n"
+        "  sweeper:\n"
+        "    _target_: hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper\n"
+        "    storage: null\n"
+        "    study_name: null\n"
+        "    direction: [maximize]\n"
+        "    max_failure_rate: 0.5\n"
+        "    sampler:\n"
+        "      seed: 7\n"
+        "    params:\n"
+        "      model.dropout: interval(0.0, 0.5)\n"
+    )
+    cfg = compose("train.yaml", [f"hydra.searchpath=[file://{tmp_path}]", "hparams_search=old"])
+    assert cfg.hydra.sweeper.sampler == {"_target_": "optuna.samplers.RandomSampler", "seed": 7}
+    sweeper = Plugins.instance()._instantiate(cfg.hydra.sweeper)
+    impl = sweeper._impl
+    assert type(sweeper).__name__ == "OptunaSweeper" and isinstance(impl, OptunaSweep)
+    assert isinstance(impl.sampler, optuna.samplers.RandomSampler)
+    assert impl.study_name is None and impl.storage_url is None and impl.max_failure_rate == 0.5
+    assert direction_for(impl.direction, "val/auroc") == "maximize"
+
+
+def test_the_grid_sampler_takes_its_grid_from_params():
+    from cxrlab.sweep.search_space import PendingGrid, grid_of, grid_sampler
+
+    space, _ = parse({"data.batch_size": "choice(8, 16)", "x": "range(1, 5, 2)"})
+    assert grid_of(space) == {"data.batch_size": [8, 16], "x": [1, 3, 5]}
+    assert isinstance(grid_sampler(seed=3), PendingGrid)
+    space, _ = parse({"lr": "interval(0.1, 0.2)"})
+    with pytest.raises(SearchSpaceError, match="lr: a grid needs choice"):
+        grid_of(space)
+
+
+def focal_gamma(cfg, trial):
+    """A custom_search_space: focal's gamma only where the loss is focal."""
+    if trial.params["model.loss.name"] == "focal":
+        trial.suggest_float("model.loss.gamma", 1.0, 3.0)
+
+
+def test_custom_search_space_adds_conditional_parameters():
+    sweep = _sweep(custom_search_space=f"{__name__}.focal_gamma")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space, _ = parse({"model.loss.name": "choice(ce, focal)", "model.dropout": "interval(0, 0.5)"})
+    losses = set()
+    for _ in range(8):
+        trial = sweep._ask_new(study, space)
+        losses.add(trial.params["model.loss.name"])
+        assert ("model.loss.gamma" in trial.params) == (trial.params["model.loss.name"] == "focal")
+        study.tell(trial, 0.5)
+    assert losses == {"ce", "focal"}

@@ -117,3 +117,60 @@ def quote(text: str, in_dict: bool = False) -> str:
     """
     plain = _PLAIN_IN_DICT if in_dict else _PLAIN
     return text if plain.match(text) else "'" + text.replace("'", "\\'") + "'"
+
+
+class PendingGrid:
+    """``hydra/sweeper/sampler=grid`` without a grid of its own: the sweeper makes the
+    GridSampler from the sweep's parameters once it has parsed them (``grid_of``)."""
+
+    def __init__(self, seed: int | None = None):
+        self.seed = seed
+
+
+def grid_sampler(search_space: dict | None = None, seed: int | None = None):
+    """The ``grid`` sampler's target: Optuna's GridSampler over ``search_space`` when given
+    (hydra-optuna-sweeper's way), else one made from ``hydra.sweeper.params``."""
+    import optuna
+
+    if search_space:
+        return optuna.samplers.GridSampler({k: list(v) for k, v in search_space.items()}, seed)
+    return PendingGrid(seed)
+
+
+def grid_of(space: dict[str, BaseDistribution]) -> dict[str, list]:
+    """The grid of a search space: choice() values and the integers of range()/int(interval());
+    a continuous interval has no grid and is named."""
+    grid = {}
+    for key, dist in space.items():
+        if isinstance(dist, CategoricalDistribution):
+            grid[key] = list(dist.choices)
+        elif isinstance(dist, IntDistribution) and not dist.log:
+            grid[key] = list(range(dist.low, dist.high + 1, dist.step))
+        else:
+            raise SearchSpaceError(
+                f"hydra.sweeper.params: {key}: a grid needs choice(...) or range(...) values, "
+                f"not {type(dist).__name__} (hydra/sweeper/sampler=grid)"
+            )
+    return grid
+
+
+_PLUGIN_TYPES = {"categorical", "float", "int"}
+
+
+def from_plugin_search_space(search_space: dict) -> dict[str, str]:
+    """hydra-optuna-sweeper's pre-1.2 ``search_space`` entries ({type, low, high, log, step,
+    choices}) in the override grammar of ``params``, to say what to write instead."""
+    out = {}
+    for key, spec in search_space.items():
+        kind = str(spec.get("type", ""))
+        if kind not in _PLUGIN_TYPES:
+            out[key] = f"? (type {kind!r})"
+        elif kind == "categorical":
+            out[key] = "choice(" + ", ".join(str(c) for c in spec["choices"]) + ")"
+        elif spec.get("step") is not None:
+            out[key] = f"range({spec['low']}, {spec['high']}, {spec['step']})"
+        else:
+            inner = f"interval({spec['low']}, {spec['high']})"
+            inner = f"int({inner})" if kind == "int" else inner
+            out[key] = f"tag(log, {inner})" if spec.get("log") else inner
+    return out

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from cxrlab.sweep import study as studies
 from cxrlab.sweep.report import write_study_report
-from cxrlab.sweep.search_space import parse, quote, to_override
+from cxrlab.sweep.search_space import PendingGrid, grid_of, parse, quote, to_override
 from cxrlab.sweep.trial import ACTIVE
 from cxrlab.utils.resolvers import lower_is_better
 
@@ -37,7 +37,15 @@ class SweepError(RuntimeError):
     pass
 
 
-def direction_for(direction: str, metric: str | None) -> str:
+def direction_for(direction, metric: str | None) -> str:
+    if isinstance(direction, list | tuple) or type(direction).__name__ == "ListConfig":
+        # hydra-optuna-sweeper's configs may write one direction as a list
+        if len(direction) != 1:
+            raise SweepError(
+                f"hydra.sweeper.direction={list(direction)}: one objective only (the run "
+                "returns optimized_metric); multi-objective studies are not supported yet"
+            )
+        (direction,) = direction
     if direction != "auto":
         if direction not in ("maximize", "minimize"):
             raise SweepError(f"hydra.sweeper.direction={direction!r}: use auto, maximize, minimize")
@@ -67,6 +75,23 @@ def job_failure(ret) -> tuple[TrialState, str | None]:
     return TrialState.FAIL, text[:2000]
 
 
+def _function(path: str):
+    """``custom_search_space``: the function at an import path (``pkg.module.fn``)."""
+    import importlib
+
+    module, _, name = str(path).rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise SweepError(
+            f"hydra.sweeper.custom_search_space={path!r}: no such function ({e}); give the "
+            "import path of a function (cfg, trial) that calls trial.suggest_*"
+        ) from e
+    if not callable(fn):
+        raise SweepError(f"hydra.sweeper.custom_search_space={path!r}: not a function")
+    return fn
+
+
 class OptunaSweep:
     def __init__(
         self,
@@ -84,12 +109,33 @@ class OptunaSweep:
         enqueue=None,
         keep_checkpoints: int | None = None,
         report: str = "best",
+        max_failure_rate: float | None = None,
+        custom_search_space: str | None = None,
+        search_space=None,
     ):
+        if search_space:
+            from cxrlab.sweep.search_space import from_plugin_search_space
+
+            lines = "".join(
+                f"\n      {k}: {v}" for k, v in from_plugin_search_space(search_space).items()
+            )
+            raise SweepError(
+                "hydra.sweeper.search_space is hydra-optuna-sweeper's old form (removed in its "
+                f"1.2); write the same space as hydra.sweeper.params:{lines}"
+            )
+        if max_failure_rate is not None and not 0.0 <= float(max_failure_rate) <= 1.0:
+            raise SweepError(
+                f"hydra.sweeper.max_failure_rate={max_failure_rate!r}: a fraction from 0 to 1"
+            )
+        self.max_failure_rate = None if max_failure_rate is None else float(max_failure_rate)
+        self.custom_search_space = _function(custom_search_space) if custom_search_space else None
         self.sampler = sampler
         self.pruner = pruner
+        direction_for(direction, None)  # a bad value is named before any trial
         self.direction = direction
         self.storage_url = str(storage) if storage else None
-        self.study_name = str(study_name)
+        # null: Optuna names the study (a new one each run, as in hydra-optuna-sweeper)
+        self.study_name = None if study_name is None else str(study_name)
         self.n_trials = int(n_trials)
         self.n_jobs = max(1, int(n_jobs))
         self.params = dict(params or {})
@@ -142,7 +188,16 @@ class OptunaSweep:
         storage = studies.open_storage(self.storage_url, self.heartbeat_interval)
         if storage is None:
             log.warning("hydra.sweeper.storage is null: the study lives in memory and is lost")
+        if self.study_name is None:
+            log.warning(
+                "hydra.sweeper.study_name is null: Optuna names the study, so running the "
+                "command again starts a new one (give it a name to continue it)"
+            )
         sampler = self._sampler_for(storage)
+        if isinstance(sampler, PendingGrid):  # hydra/sweeper/sampler=grid: the params' grid
+            grid = grid_of(space)
+            sampler = optuna.samplers.GridSampler(grid, seed=sampler.seed)
+            log.info("Grid of %d points: %s", math.prod(len(v) for v in grid.values()), grid)
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
@@ -180,6 +235,17 @@ class OptunaSweep:
             out,
         )
         log.info("Search space: %s", {k: str(v) for k, v in space.items()})
+        # where a hydra-optuna-sweeper user would expect otherwise (docs/sweeps.md has the table)
+        log.info(
+            "n_trials=%d is the study's total, across every run of this command and every "
+            "worker (hydra-optuna-sweeper runs n_trials more each time); a failed trial does "
+            "not count and the sweep goes on until %s",
+            self.n_trials,
+            f"failed/launched > {self.max_failure_rate:g} (max_failure_rate) or "
+            f"{self.max_failures} failures (max_failures)"
+            if self.max_failure_rate is not None
+            else f"{self.max_failures} failures (max_failures)",
+        )
 
         def report(plots: bool = False):
             return write_study_report(
@@ -214,10 +280,18 @@ class OptunaSweep:
                 launched += len(batch)
                 report()
                 self._remove_checkpoints(study)
-                if failures >= self.max_failures:
+                rate = self.max_failure_rate
+                if failures >= self.max_failures or (
+                    rate is not None and failures / launched > rate
+                ):
+                    rule = (
+                        f"max_failures={self.max_failures}"
+                        if failures >= self.max_failures
+                        else f"max_failure_rate={rate:g}: {failures} of {launched} launched"
+                    )
                     raise SweepError(
                         f"{failures} trials failed in this sweep process "
-                        f"(hydra.sweeper.max_failures={self.max_failures}); see fail_reason "
+                        f"(hydra.sweeper.{rule}); see fail_reason "
                         f"in {out / 'trials.csv'} and each trial's train.log"
                     )
         finally:
@@ -242,7 +316,7 @@ class OptunaSweep:
         sweep repeated them); the new seed is still deterministic for a given study state.
         """
         conf = self.sampler_conf
-        if storage is None or conf is None or conf.get("seed") is None:
+        if storage is None or self.study_name is None or conf is None or conf.get("seed") is None:
             return self.sampler
         try:
             done = len(optuna.load_study(study_name=self.study_name, storage=storage).trials)
@@ -274,6 +348,8 @@ class OptunaSweep:
         """
         for _ in range(tries):
             trial = study.ask(space)
+            if self.custom_search_space is not None:  # conditional parameters, define-by-run
+                self.custom_search_space(self.config, trial)
             if studies.is_enqueued(trial):
                 return trial
             earlier = studies.same_params_as(study, trial)
