@@ -14,10 +14,10 @@ os.environ.setdefault("CXRLAB_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
 @exit_on_user_error
 def main(cfg):
-    from cxrlab.training import train
+    from cxrlab.training import objective, train
 
     metrics, _ = train(cfg)
-    return metrics.get(cfg.get("optimized_metric"))
+    return objective(metrics, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

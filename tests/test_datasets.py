@@ -11,7 +11,7 @@ import pytest
 from conftest import eval_here, run_here, train_here
 
 from cxrlab.data.datamodule import CXRDataModule
-from cxrlab.data.selection import assert_no_leakage, patient_grouped_split
+from cxrlab.data.selection import assert_no_leakage, patient_grouped_folds, patient_grouped_split
 from cxrlab.data.sources import SourceError, covid_radiography, nih, rsna_pneumonia, siim_covid
 
 BUILDERS = {
@@ -148,6 +148,29 @@ def test_nih_full_label_file_splits_by_patient_without_leakage():
     # stratified: the rare class keeps its share in every split
     pos = df[df["label"] == "pneumonia"]["split"].value_counts(normalize=True)
     assert abs(pos["test"] - 0.2) < 0.05
+
+
+def test_nih_full_label_file_cross_validation_folds_by_patient():
+    """K-fold on the real file: the test split is the plain split's, every other patient in
+    exactly one fold, folds stratified, fold i validates and the other folds train."""
+    df, _ = nih.labels(shipped("Data_Entry_2017_v2020.csv.gz"), negative="rest")
+    plain = patient_grouped_split(df, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=0)
+    test = plain == "test"
+    seen = []
+    for fold in range(5):
+        split, fold_of = patient_grouped_folds(df, test, folds=5, fold=fold, seed=0)
+        assert split[test.to_numpy()].eq("test").all() and split[~test.to_numpy()].ne("test").all()
+        assert (split == "val").equals(fold_of == fold)
+        assert_no_leakage(df.assign(split=split))
+        seen.append(fold_of)
+    assert all(f.equals(seen[0]) for f in seen)  # one partition for every fold number
+    rest = df.assign(fold=seen[0])[~test.to_numpy()]
+    assert rest.groupby("patient_id")["fold"].nunique().max() == 1  # no patient in two folds
+    share = rest["fold"].value_counts(normalize=True)
+    assert share.between(0.19, 0.21).all() and len(share) == 5
+    pos = rest[rest["label"] == "pneumonia"]["fold"].value_counts(normalize=True)
+    # the rare class in every fold near its share (stratified by each patient's majority label)
+    assert pos.between(0.15, 0.25).all()
 
 
 def test_rsna_full_label_file_and_shipped_views():

@@ -96,8 +96,24 @@ def as_typed(line: str) -> list[str]:
     return [re.sub(r"\$(\w+)", lambda m: ENV.get(m.group(1), m.group(0)), w) for w in words]
 
 
+def first_job(overrides: list[str]) -> list[str]:
+    """A multirun's first job: each sweep over values (``range(5)``, ``a,b``) at its first
+    value; an ``interval`` (a sweeper's search space, tested in test_sweep.py) left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = []
+    for text, o in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
+        if not o.is_sweep_override():
+            out.append(text)
+        elif o.is_discrete_sweep():
+            out.append(f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}")
+    return out
+
+
 def check_hydra(script: str, args: list[str]) -> None:
     overrides = [a for a in args if a != "-m"]
+    if "-m" in args:
+        overrides = first_job(overrides)
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose(HYDRA_SCRIPTS[script], overrides=overrides, return_hydra_config=True)
     if script == "train.py":

@@ -2,6 +2,7 @@
 parallel workers on PostgreSQL, DDP trials. Tiny phantom, a few short epochs per trial."""
 
 import html
+import json
 import os
 import re
 import shlex
@@ -481,3 +482,129 @@ def test_sweep_trials_can_train_with_ddp(sweeps):
         assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in child
     assert len(trials) == 2  # a rank never started a sweep (or a trial) of its own
     assert not (tmp / "logs" / "debug").exists()  # no stray run folders
+
+
+# ---- cross-validation and multi-objective studies -------------------------------------------
+
+
+def test_kfold_multirun_summarizes_every_fold_and_the_out_of_fold_predictions(sweeps):
+    """`-m data.split.folds=3 'data.split.fold=range(3)'`: the plain run's test split held out in
+    every fold, the rest in patient-grouped folds, and the multirun's summary: per-fold metrics,
+    mean and sd, and one out-of-fold report that scikit-learn recomputes."""
+    from sklearn.metrics import roc_auc_score
+
+    from cxrlab.data.selection import patient_grouped_split
+    from cxrlab.evaluation.cv import main as cv_main
+
+    tmp, folder = sweeps / "kfold", sweeps / "kfold" / "multirun"
+    cmd = [a for a in sweep_cmd(tmp) if not a.startswith("hydra.sweeper.")]
+    run_process(
+        [*cmd, "data.split.folds=3", "data.split.fold=range(3)", f"hydra.sweep.dir={folder}",
+         "logger=csv"],
+        env=sweep_env(), timeout=900,
+    )  # fmt: skip
+    splits = [pd.read_csv(folder / str(i) / "splits.csv") for i in range(3)]
+    plain = patient_grouped_split(splits[0], {"train": 0.6, "val": 0.2, "test": 0.2}, seed=42)
+    for i, s in enumerate(splits):
+        assert s["split"].eq("test").equals(plain.eq("test"))  # the plain run's test split
+        assert s["fold"].equals(splits[0]["fold"]) and s["split"].eq("val").equals(s["fold"] == i)
+    rest = splits[0][splits[0]["split"] != "test"]
+    assert rest.groupby("patient_id")["fold"].nunique().max() == 1  # no patient in two folds
+    oof_runs = pd.concat([pd.read_csv(folder / str(i) / "oof_predictions.csv") for i in range(3)])
+    assert sorted(oof_runs["path"]) == sorted(rest["path"])  # every train+val image once
+
+    cv = folder / "cv"
+    summary = json.loads((cv / "summary.json").read_text())
+    assert summary["done"] == [0, 1, 2] and summary["missing"] == []
+    folds = pd.read_csv(cv / "folds.csv")
+    for i, row in folds.iterrows():
+        part = oof_runs[oof_runs["fold"] == i]
+        assert row["val/auroc"] == pytest.approx(
+            roc_auc_score(part["label"] == "pneumonia", part["prob_pneumonia"]), abs=1e-9
+        )
+    assert summary["mean"]["val/auroc"] == pytest.approx(folds["val/auroc"].mean())
+    assert summary["std"]["test/auroc"] == pytest.approx(folds["test/auroc"].std())
+    report = json.loads((cv / "oof" / "metrics.json").read_text())
+    pooled = pd.read_csv(cv / "oof" / "predictions.csv")
+    auroc = report["metrics"]["auroc"]
+    assert report["split"] == "oof" and report["images"] == len(rest)
+    assert auroc["value"] == pytest.approx(
+        roc_auc_score(pooled["label"] == "pneumonia", pooled["prob_pneumonia"]), abs=1e-6
+    )
+    assert auroc["ci95"][0] <= auroc["value"] <= auroc["ci95"][1]
+    assert "optimistic" in report["threshold"]["chosen_on"]
+    assert "3 of 3 folds" in (cv / "summary.md").read_text()
+    # a fold lost: the summary written again says so
+    (folder / "2" / "oof_predictions.csv").unlink()
+    assert cv_main([str(folder), "--bootstrap", "20"]) == 0
+    assert json.loads((cv / "summary.json").read_text())["missing"] == [2]
+
+
+def test_a_cross_validated_multi_objective_sweep_keeps_its_pareto_front(sweeps):
+    """hydra.sweeper.cv=true: each trial trains both folds and is told their mean; two
+    objectives, each from the fold's best checkpoint (by the first); best.yaml lists the
+    Pareto front, each trial folder has its cross-validation summary."""
+    tmp = sweeps / "cv_multi"
+    run_sweep(
+        tmp,
+        "hparams_search=optuna",
+        "model.dropout=interval(0.0,0.5)",
+        "trainer.max_epochs=2",
+        "hydra.sweeper.n_trials=2",
+        "data.split.folds=2",
+        "hydra.sweeper.cv=true",
+        "optimized_metric=[val/auroc,val/loss]",
+        "hydra.sweeper.direction=[maximize,minimize]",
+        "hydra.sweeper.plots=true",
+    )
+    study = load(tmp)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val/auroc", "val/loss"]
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE
+        run = Path(t.user_attrs["run_dir"])
+        per_fold = []
+        for fold in (0, 1):
+            epochs = pd.read_csv(run / f"fold_{fold}" / "csv" / "metrics.csv")
+            epochs = epochs.dropna(subset=["val/auroc"]).reset_index(drop=True)
+            best = epochs.loc[epochs["val/auroc"].idxmax()]  # the checkpoint's epoch
+            per_fold.append([best["val/auroc"], best["val/loss"]])
+        for got, want in zip(t.user_attrs["fold_values"], per_fold, strict=True):
+            assert got == pytest.approx(want, abs=1e-6)
+        assert t.values == pytest.approx([sum(v[k] for v in per_fold) / 2 for k in (0, 1)])
+        summary = json.loads((run / "cv" / "summary.json").read_text())
+        assert summary["done"] == [0, 1] and summary["oof"]["images"] > 0
+    best = yaml.safe_load(
+        (tmp / "logs" / "optuna" / "debug-default-optuna" / "best.yaml").read_text()
+    )
+    front = sorted(t.number for t in study.best_trials)
+    assert [p["trial"] for p in best["pareto_front"]] == front
+    assert set(best["pareto_front"][0]["values"]) == {"val/auroc", "val/loss"}
+    assert "'data.split.fold=range(2)'" in best["pareto_front"][0]["retrain"]
+    assert (
+        tmp / "logs" / "optuna" / "debug-default-optuna" / "plots" / "pareto_front.png"
+    ).is_file()
+
+
+def test_a_pruned_fold_ends_its_cross_validated_trial(sweeps):
+    """The pruner stops fold 0 after its last epoch (fold 1 still to save): fold 1 never
+    trains and the trial is pruned."""
+    tmp = sweeps / "cv_prune"
+    run_sweep(
+        tmp,
+        "hparams_search=optuna",
+        "model.dropout=interval(0.0,0.5)",
+        "trainer.max_epochs=2",
+        "hydra.sweeper.n_trials=1",
+        "data.split.folds=2",
+        "hydra.sweeper.cv=true",
+        "hydra.sweeper.pruner=null",
+        "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1.01,n_warmup_steps:1}",
+    )
+    (trial,) = load(tmp).trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["pruned_in_fold"] == 0
+    assert sorted(trial.intermediate_values) == [0, 1]
+    run = Path(trial.user_attrs["run_dir"])
+    assert (run / "fold_0" / "checkpoints").is_dir()
+    assert not (run / "fold_1" / "checkpoints").exists()  # never trained
+    assert "Training" not in (run / "fold_1" / "train.log").read_text()

@@ -4,15 +4,23 @@ which checkpoints a sweep keeps."""
 import math
 
 import optuna
+import pandas as pd
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from cxrlab.sweep.report import write_study_report
 from cxrlab.sweep.search_space import SearchSpaceError, parse, to_override
 from cxrlab.sweep.study import mask, remove_checkpoints
-from cxrlab.sweep.sweeper import OptunaSweep, SweepError, direction_for, job_failure
+from cxrlab.sweep.sweeper import (
+    OptunaSweep,
+    SweepError,
+    direction_for,
+    directions_for,
+    job_failure,
+)
 
 
 def test_grammar_maps_to_optuna_distributions():
@@ -100,6 +108,61 @@ def test_direction_follows_the_metric():
     assert direction_for("minimize", "val/auroc") == "minimize"
     with pytest.raises(SweepError, match="direction"):
         direction_for("up", "val/auroc")
+
+
+def test_one_direction_per_optimized_metric():
+    assert directions_for("auto", ["val/auroc", "val/loss"]) == ["maximize", "minimize"]
+    assert directions_for(["minimize", "auto"], ["val/ece", "val/auroc"]) == [
+        "minimize",
+        "maximize",
+    ]
+    with pytest.raises(SweepError, match=r"gives 2 directions for 1 optimized metrics"):
+        directions_for(["maximize", "minimize"], "val/auroc")
+
+
+@pytest.mark.parametrize(
+    ("value", "state", "reason"),
+    [
+        ([0.8, 0.3], TrialState.COMPLETE, None),
+        ([0.8, math.inf], TrialState.FAIL, "inf"),
+        ([0.8, None], TrialState.FAIL, "no value"),
+        (0.8, TrialState.FAIL, "1 values for 2 objectives"),
+    ],
+)
+def test_a_multi_objective_run_returns_one_finite_value_per_objective(value, state, reason):
+    got_state, got_reason = job_failure(_ret(JobStatus.COMPLETED, value), n_objectives=2)
+    assert got_state == state and (reason is None or reason in got_reason)
+
+
+def test_a_multi_objective_study_reports_and_keeps_its_pareto_front(tmp_path):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    # (auroc, loss): 0 and 2 are on the front, 1 is beaten by 0 on both, 3 by 2
+    points = {0: (0.9, 0.5), 1: (0.8, 0.6), 2: (0.7, 0.2), 3: (0.6, 0.3)}
+    for n, values in points.items():
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=list(values),
+                params={"model.dropout": n / 10},
+                distributions={"model.dropout": optuna.distributions.FloatDistribution(0, 1)},
+                user_attrs={"run_dir": _trial_folder(tmp_path, n)},
+            )
+        )
+    summary = write_study_report(
+        study, tmp_path / "study", metric=["val/auroc", "val/loss"], fixed=["model=resnet18"],
+        storage_url=None, plots=True,
+    )  # fmt: skip
+    front = summary["pareto_front"]
+    assert [p["trial"] for p in front] == [0, 2]
+    assert front[1]["values"] == {"val/auroc": 0.7, "val/loss": 0.2}
+    assert front[1]["retrain"] == "python train.py model=resnet18 model.dropout=0.2"
+    assert summary["direction"] == ["maximize", "minimize"] and "best_trial" not in summary
+    table = pd.read_csv(tmp_path / "study" / "trials.csv")
+    assert list(table["number"][:2]) == [0, 2] and list(table["pareto"]) == [1, 1, 0, 0]
+    assert list(table.loc[table["number"] == 3, "values.val/loss"]) == [0.3]
+    assert (tmp_path / "study" / "plots" / "pareto_front.png").stat().st_size > 10_000
+    remove_checkpoints(study, keep=1)  # no single best: the whole front keeps its checkpoints
+    kept = sorted(int(p.parent.parent.name[6:]) for p in tmp_path.glob("trial_*/*/best.ckpt"))
+    assert kept == [0, 2]
 
 
 def test_storage_password_is_masked_in_logs():
@@ -201,7 +264,8 @@ def _sweep(**setting):
     [
         ({"max_failure_rate": 1.5}, r"max_failure_rate=1.5: a fraction from 0 to 1"),
         ({"custom_search_space": "no.such.fn"}, r"custom_search_space='no.such.fn': no such"),
-        ({"direction": ["maximize", "minimize"]}, r"one objective only"),
+        ({"direction": ["maximize", "upward"]}, r"direction='upward': use auto"),
+        ({"cv": "yes"}, r"hydra.sweeper.cv='yes': true"),
         (
             {
                 "search_space": {

@@ -5,7 +5,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from cxrlab.sweep.trial import ACTIVE, OptunaTrialReporter
+from cxrlab.sweep.trial import ACTIVE, OptunaTrialReporter, skip_if_pruned
 
 
 class Constant(pl.LightningModule):
@@ -99,3 +99,56 @@ def test_reporter_reports_each_epoch_or_the_best_so_far(report, direction, expec
 def test_reporter_rejects_an_unknown_report():
     with pytest.raises(ValueError, match="hydra.sweeper.report='mean'"):
         OptunaTrialReporter({"id": 0, "number": 0, "study": "s"}, "val/auroc", "mean")
+
+
+def _fold_reporter(study, fold: int, max_epochs: int, folds: int = 3):
+    trial = study.ask()
+    ACTIVE[trial._trial_id] = trial
+    ref = {"id": trial._trial_id, "number": trial.number, "study": "s", "fold": fold,
+           "folds": folds}  # fmt: skip
+    try:
+        reporter = OptunaTrialReporter(ref, "val/auroc")
+        fit(Constant(), reporter, max_epochs)
+    finally:
+        ACTIVE.pop(trial._trial_id)
+    return reporter, trial
+
+
+def test_a_cross_validated_trial_reports_each_fold_at_its_own_steps_and_stops_when_pruned():
+    """Fold i reports at i * max_epochs + epoch; a fold may be pruned at its last epoch (the
+    later folds are still to save) and the next fold then does not train."""
+    pruner = optuna.pruners.ThresholdPruner(lower=1.01, n_warmup_steps=3)  # steps >= 3
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    fold1, trial = _fold_reporter(study, 1, max_epochs=2)  # steps 2, 3
+    assert sorted(study.trials[0].intermediate_values) == [2, 3]
+    assert fold1.pruned_at == 1 and "fold 1, epoch 1" in fold1.pruned_message()
+    ref = {"id": trial._trial_id, "number": trial.number, "study": "s", "folds": 3}
+    ACTIVE[trial._trial_id] = trial
+    try:
+        skip_if_pruned({**ref, "fold": 1})  # fold 1 itself was allowed to start
+        with pytest.raises(optuna.TrialPruned, match="fold 1 of trial 0 was pruned"):
+            skip_if_pruned({**ref, "fold": 2})
+    finally:
+        ACTIVE.pop(trial._trial_id)
+
+
+@pytest.mark.parametrize(("fold", "pruned_at"), [(0, 0), (2, None)])
+def test_only_the_last_folds_last_epoch_is_never_pruned(fold, pruned_at):
+    pruner = optuna.pruners.ThresholdPruner(lower=1.01)  # prunes whatever is reported
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    reporter, _ = _fold_reporter(study, fold, max_epochs=1)
+    assert reporter.pruned_at == pruned_at
+    assert list(study.trials[0].intermediate_values) == [fold]  # step fold * 1 + 0
+
+
+def test_a_multi_objective_trial_is_neither_reported_nor_pruned():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    ACTIVE[trial._trial_id] = trial
+    try:
+        reporter = OptunaTrialReporter({"id": trial._trial_id, "number": 0, "study": "s"},
+                                       "val/auroc")  # fmt: skip
+        fit(Constant(), reporter, max_epochs=2)
+    finally:
+        ACTIVE.pop(trial._trial_id)
+    assert reporter.pruned_at is None and study.trials[0].intermediate_values == {}

@@ -91,11 +91,14 @@ def validate(cfg: DictConfig) -> RunSettings:
             finetune=FinetuneConfig(**_plain(cfg.model.get("finetune"))),
         )
         # run-level: what steers checkpoints, early stopping and sweeps is never a test figure
-        if cfg.get("optimized_metric") and not str(cfg.optimized_metric).startswith("val/"):
-            raise ConfigError(
-                f"optimized_metric={cfg.optimized_metric!r}: choose a validation "
-                "metric (val/...); test metrics must not steer training"
-            )
+        from cxrlab.utils.resolvers import metric_names
+
+        for name in metric_names(cfg.get("optimized_metric")):
+            if not name.startswith("val/"):
+                raise ConfigError(
+                    f"optimized_metric={name!r}: choose a validation "
+                    "metric (val/...); test metrics must not steer training"
+                )
         return settings
     except ConfigError:
         raise

@@ -31,6 +31,7 @@ from cxrlab.utils.loggers import (
     log_split,
     name_trial_runs,
 )
+from cxrlab.utils.resolvers import first_metric, metric_names
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,17 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         # learning rates to, and Lightning refuses a LearningRateMonitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         log.info("No logger (logger=[]): metrics go to train.log and the report only")
+    history = ValidationHistory()
+    callbacks.append(history)
     reporter = None
     if cfg.get("optuna_trial"):
-        from cxrlab.sweep.trial import OptunaTrialReporter, report_mode
+        from cxrlab.sweep.trial import OptunaTrialReporter, report_mode, skip_if_pruned
 
-        reporter = OptunaTrialReporter(cfg.optuna_trial, str(cfg.optimized_metric), report_mode())
+        # a cross-validated trial's later folds do not train once an earlier fold was pruned
+        skip_if_pruned(cfg.optuna_trial)
+        reporter = OptunaTrialReporter(
+            cfg.optuna_trial, first_metric(cfg.optimized_metric), report_mode()
+        )
         callbacks.append(reporter)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer,
@@ -94,7 +101,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     try:
         with ddp_ranks_follow_this_job():
-            metrics, pruned = _fit_and_test(cfg, trainer, model, dm, loggers, reporter, out_dir)
+            metrics, pruned = _fit_and_test(
+                cfg, trainer, model, dm, loggers, reporter, out_dir, history
+            )
     except BaseException:
         # close the loggers' runs and the process group even when the run fails: in a sweep
         # the next trial runs in this process and must not log into this run's W&B run
@@ -164,7 +173,44 @@ def ddp_ranks_follow_this_job():
                 os.environ[k] = v
 
 
-def _fit_and_test(cfg, trainer, model, dm, loggers, reporter, out_dir) -> tuple[dict, bool]:
+def objective(metrics: dict, optimized):
+    """What train.py returns to a sweep: the optimized metric's value, or the values of
+    several (a list, in their order) for a multi-objective study; None where one is missing."""
+    if optimized is None:
+        return None
+    if isinstance(optimized, str):
+        return metrics.get(optimized)
+    return [metrics.get(m) for m in metric_names(optimized)]
+
+
+class ValidationHistory(pl.Callback):
+    """Every epoch's validation metrics, so that what a run returns is its best checkpoint's
+    values: all of them, not only the monitored one (a multi-objective sweep's other metric
+    must come from the same epoch as the first)."""
+
+    def __init__(self):
+        self.epochs: dict[int, dict[str, float]] = {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self.epochs[trainer.current_epoch] = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+        }
+
+    def at(self, monitor: str, best: float) -> dict[str, float] | None:
+        """The metrics of the first epoch whose ``monitor`` value is ``best`` (the epoch the
+        best checkpoint is from), or None (e.g. it was before a resume)."""
+        for epoch in sorted(self.epochs):
+            v = self.epochs[epoch].get(monitor)
+            if v is not None and abs(v - best) <= 1e-7 * max(1.0, abs(best)):
+                return self.epochs[epoch]
+        return None
+
+
+def _fit_and_test(
+    cfg, trainer, model, dm, loggers, reporter, out_dir, history=None
+) -> tuple[dict, bool]:
     """(metrics, pruned): fit, choose the threshold on validation, test the best checkpoint."""
     metrics: dict = {}
     if cfg.get("train", True):
@@ -173,8 +219,10 @@ def _fit_and_test(cfg, trainer, model, dm, loggers, reporter, out_dir) -> tuple[
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         cb = trainer.checkpoint_callback
         if cb is not None and cb.monitor and cb.best_model_score is not None:
-            # the monitored metric of the checkpoint that is tested, not of the last epoch
-            metrics[cb.monitor] = float(cb.best_model_score)
+            # the validation metrics of the checkpoint that is tested, not of the last epoch
+            best = float(cb.best_model_score)
+            metrics.update((history.at(cb.monitor, best) if history else None) or {})
+            metrics[cb.monitor] = best
         if reporter is not None and reporter.pruned_at is not None:
             # a pruned trial is not tested: its test metrics would only invite a look
             return metrics, True
@@ -182,7 +230,12 @@ def _fit_and_test(cfg, trainer, model, dm, loggers, reporter, out_dir) -> tuple[
     if cfg.get("test", True):
         ckpt = _best_checkpoint(trainer)
         ev = cfg.get("evaluation") or {}
-        choose_on_validation(trainer, model, dm, ckpt, ev)
+        cv = dm.folds is not None
+        choose_on_validation(trainer, model, dm, ckpt, ev, keep_predictions=cv)
+        if cv and trainer.is_global_zero:
+            from cxrlab.evaluation.cv import write_fold_predictions
+
+            write_fold_predictions(out_dir, dm, model)
         log.info("Testing %s on the test split", ckpt or "the current weights")
         trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=False)
         metrics.update(

@@ -29,7 +29,9 @@ from cxrlab.data.selection import (
     SelectionError,
     assert_no_leakage,
     balanced_subset,
+    check_folds,
     check_ratios,
+    patient_grouped_folds,
     patient_grouped_split,
 )
 from cxrlab.errors import check_choice, check_integer
@@ -65,6 +67,7 @@ def check_settings(data: Mapping) -> None:
     split = data.get("split") or {}
     check_choice(split.get("policy", "resplit"), SPLIT_POLICIES, "data.split.policy")
     check_ratios(split.get("ratios", DEFAULT_RATIOS))
+    check_folds(split.get("folds"), split.get("fold", 0))
     images = "use a whole number of images >= 1"
     check_integer(data.get("batch_size", 32), "data.batch_size", 1, images)
     if data.get("eval_batch_size") is not None:
@@ -141,6 +144,8 @@ class CXRDataModule(pl.LightningDataModule):
         self.split_policy = split.get("policy", "resplit")
         self.ratios = check_ratios(split.get("ratios", DEFAULT_RATIOS))
         self.split_seed = int(split.get("seed", seed))
+        # k-fold cross-validation: the test split held out once, the rest in K folds
+        self.folds, self.fold = check_folds(split.get("folds"), split.get("fold", 0))
         self.preprocess = as_settings(PreprocessSpec, preprocess)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -205,12 +210,27 @@ class CXRDataModule(pl.LightningDataModule):
                     f"data.split.policy=official: {self.source_name} has no "
                     "official split; use data.split.policy=resplit"
                 )
-            df = df.assign(split=df["official_split"])
+            split = df["official_split"]
         else:
-            df = df.assign(split=patient_grouped_split(df, self.ratios, self.split_seed))
+            split = patient_grouped_split(df, self.ratios, self.split_seed)
+        if self.folds is not None:
+            # the test split exactly as without folds (same seed and ratios: the same test
+            # images as a plain run); train and val pooled and dealt into the folds
+            split, fold = patient_grouped_folds(
+                df, split == "test", self.folds, self.fold, self.split_seed
+            )
+            df = df.assign(fold=fold)
+            log.info(
+                "Cross-validation: fold %d of %d validates (%d images), the other folds train "
+                "(%d images); the test split (%d images) is held out from every fold",
+                self.fold, self.folds, int((split == "val").sum()),
+                int((split == "train").sum()), int((split == "test").sum()),
+            )  # fmt: skip
+        df = df.assign(split=split)
         assert_no_leakage(df)
         for s in SPLITS:
-            if self.ratios.get(s, 0) > 0 and not (df["split"] == s).any():
+            wanted = self.ratios.get(s, 0) > 0 or (s == "val" and self.folds is not None)
+            if wanted and not (df["split"] == s).any():
                 raise SelectionError(f"the {s} split is empty: use more data or other ratios")
         self.manifest = df.reset_index(drop=True)
         return self.manifest
@@ -303,7 +323,7 @@ class CXRDataModule(pl.LightningDataModule):
         the same file, so one can be checked against the other."""
         self.setup()
         df = self.select()
-        cols = [c for c in ("path", "patient_id", "label", "split") if c in df]
+        cols = [c for c in ("path", "patient_id", "label", "split", "fold") if c in df]
         out = df[cols].copy()
         out["unreadable"] = df["path"].map(self.skipped).fillna("")
         return out

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlab.errors import UserError
+from cxrlab.errors import UserError, check_integer
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,43 @@ def _even_draw(rows: pd.DataFrame, n: int, rng: np.random.Generator) -> np.ndarr
     return np.sort(np.array(chosen))
 
 
+def _patient_strata(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Each patient's majority label (ties to the first label in sorted order) and image count.
+
+    Vectorized: NIH-sized manifests of 100k images and 30k patients take well under a second.
+    """
+    counts = df.groupby(["patient_id", "label"], sort=True).size().unstack(fill_value=0)
+    counts = counts[sorted(counts.columns)]
+    return counts.idxmax(axis=1), counts.sum(axis=1)
+
+
+def _grouped_assign(
+    df: pd.DataFrame, shares: Mapping[str, float], rng: np.random.Generator
+) -> dict:
+    """{patient: part}: whole patients dealt out to the parts in ``shares`` (name -> fraction).
+
+    Within each (majority) label, patients are shuffled and given one at a time to the part
+    furthest below its target share of that label's images; ties go to the earlier part.
+    """
+    names = list(shares)
+    per_patient, sizes = _patient_strata(df)
+    assignment: dict = {}
+    for label in sorted(per_patient.unique()):
+        patients = per_patient.index[per_patient == label].to_numpy()
+        order = rng.permutation(len(patients))
+        patients = patients[order]
+        n_images = sizes.to_numpy()[(per_patient == label).to_numpy()][order].tolist()
+        total = float(sum(n_images))
+        targets = {s: shares[s] * total for s in names}
+        live = [s for s in names if targets[s] > 0]
+        filled = dict.fromkeys(names, 0.0)
+        for p, n in zip(patients.tolist(), n_images):
+            best = max(live, key=lambda s: ((targets[s] - filled[s]) / targets[s], -names.index(s)))
+            assignment[p] = best
+            filled[best] += n
+    return assignment
+
+
 def patient_grouped_split(df: pd.DataFrame, ratios: Mapping[str, float], seed: int) -> pd.Series:
     """Assign each row to train/val/test so that no patient is in two splits.
 
@@ -104,31 +141,60 @@ def patient_grouped_split(df: pd.DataFrame, ratios: Mapping[str, float], seed: i
     ratios = check_ratios(ratios)
     if "patient_id" not in df:
         raise SelectionError("the manifest has no patient_id column: cannot split by patient")
-    rng = np.random.default_rng(seed)
-    # majority label per patient, ties to the first label in sorted order (vectorized: NIH-sized
-    # manifests of 100k images and 30k patients split in well under a second)
-    counts = df.groupby(["patient_id", "label"], sort=True).size().unstack(fill_value=0)
-    counts = counts[sorted(counts.columns)]
-    per_patient = counts.idxmax(axis=1)
-    sizes = counts.sum(axis=1)
-    assignment: dict = {}
-    for label in sorted(per_patient.unique()):
-        patients = per_patient.index[per_patient == label].to_numpy()
-        order = rng.permutation(len(patients))
-        patients = patients[order]
-        n_images = sizes.to_numpy()[(per_patient == label).to_numpy()][order].tolist()
-        total = float(sum(n_images))
-        targets = {s: ratios[s] * total for s in SPLITS}
-        live = [s for s in SPLITS if targets[s] > 0]
-        filled = dict.fromkeys(SPLITS, 0.0)
-        for p, n in zip(patients.tolist(), n_images):
-            # the split with the largest unmet share; ties go to the earlier split name
-            best = max(
-                live, key=lambda s: ((targets[s] - filled[s]) / targets[s], -SPLITS.index(s))
-            )
-            assignment[p] = best
-            filled[best] += n
+    assignment = _grouped_assign(df, ratios, np.random.default_rng(seed))
     return df["patient_id"].map(assignment).rename("split")
+
+
+def check_folds(folds, fold) -> tuple[int | None, int]:
+    """``data.split.folds`` (null or K >= 2) and ``data.split.fold`` (0..K-1)."""
+    fold = check_integer(0 if fold is None else fold, "data.split.fold", 0,
+                         "use a fold number from 0 to data.split.folds-1")  # fmt: skip
+    if folds is None:
+        if fold:
+            raise SelectionError(
+                f"data.split.fold={fold} needs data.split.folds (the number of folds, e.g. "
+                f"data.split.folds=5 data.split.fold={fold})"
+            )
+        return None, 0
+    folds = check_integer(folds, "data.split.folds", 2,
+                          "use 2 or more folds, or null for one train/val split")  # fmt: skip
+    if fold >= folds:
+        raise SelectionError(
+            f"data.split.fold={fold} with data.split.folds={folds}: folds are numbered 0 to "
+            f"{folds - 1} (run them all with -m data.split.fold='range({folds})')"
+        )
+    return folds, fold
+
+
+def patient_grouped_folds(
+    df: pd.DataFrame, test: pd.Series, folds: int, fold: int, seed: int
+) -> tuple[pd.Series, pd.Series]:
+    """K-fold cross-validation splits: (split, fold number) for each row.
+
+    ``test`` marks the rows held out for testing (the same whatever the fold). The other
+    patients are dealt into ``folds`` patient-grouped folds, stratified by majority label as the
+    plain split is; fold ``fold`` is the validation split, the others train. The folds depend
+    on the seed only, so every fold of one K-fold run sees the same partition. Returns the split
+    names and each row's fold (-1 for test rows).
+    """
+    folds, fold = check_folds(folds, fold)
+    rest = df[~test.to_numpy()]
+    names = [f"fold{k}" for k in range(folds)]
+    # a generator of its own: the folds do not change when the test split's draw does
+    rng = np.random.default_rng([int(seed), folds])
+    assignment = _grouped_assign(rest, dict.fromkeys(names, 1.0 / folds), rng)
+    number = rest["patient_id"].map(assignment).map(names.index)
+    empty = sorted(set(range(folds)) - set(number.unique().tolist()))
+    if empty:
+        raise SelectionError(
+            f"data.split.folds={folds}: folds {empty} got no patients ({rest['patient_id'].nunique()}"
+            " patients outside the test split); use fewer folds or more data"
+        )
+    fold_of = pd.Series(-1, index=df.index, name="fold")
+    fold_of.loc[rest.index] = number.astype(int)
+    split = pd.Series("test", index=df.index, name="split")
+    split.loc[rest.index] = np.where(number.to_numpy() == fold, "val", "train")
+    return split, fold_of
 
 
 def assert_no_leakage(df: pd.DataFrame, split_col: str = "split") -> None:

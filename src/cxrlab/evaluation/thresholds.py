@@ -111,12 +111,16 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, policy: str | float) -> float
     return float(cand[int(np.argmax(score))])  # argmax takes the first (highest) on ties
 
 
-def choose_on_validation(trainer, model, dm, ckpt: str | None, ev) -> None:
+def choose_on_validation(
+    trainer, model, dm, ckpt: str | None, ev, keep_predictions: bool = False
+) -> None:
     """Choose the decision threshold on the validation split (binary tasks) and store it.
 
     The best checkpoint's validation predictions decide it; it is written into the checkpoint
     file, so testing, eval.py and predictors apply exactly this value. The report's bootstrap
     settings travel too, so eval.py reproduces the report exactly.
+    ``keep_predictions``: the best checkpoint's validation predictions are wanted whatever the
+    task (a cross-validation fold's out-of-fold predictions); they are in ``model.results``.
     """
     import logging
 
@@ -125,11 +129,12 @@ def choose_on_validation(trainer, model, dm, ckpt: str | None, ev) -> None:
     policy = ev.get("threshold", "youden")
     settings = {"bootstrap": int(ev.get("bootstrap", 1000)), "seed": int(ev.get("seed", 0))}
     extra: dict = {"evaluation": settings}
-    if model.num_classes == 2:
+    if model.num_classes == 2 or keep_predictions:
         # (validate reloads the checkpoint: what it restores is overwritten below, not before)
         with model.collecting_predictions():  # no second val/ point in the loggers
             trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=False,
                              verbose=False)  # fmt: skip
+    if model.num_classes == 2:
         val = model.results["val"]
         t = choose_threshold(val["labels"].numpy(), val["probs"][:, 1].numpy(), policy)
         model.use_threshold(t, str(policy))

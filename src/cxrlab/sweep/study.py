@@ -222,9 +222,16 @@ def remove_checkpoints(study: optuna.Study, keep: int) -> tuple[int, int]:
     ending in ``.ckpt`` inside a trial's own run folder are touched. Returns (files, bytes).
     """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    ranked = sorted(complete, key=lambda t: (-t.value if maximize else t.value, t.number))
-    kept = {t.number for t in ranked[:keep]}
+    if len(study.directions) > 1:
+        # no one best: every trial of the Pareto front keeps its checkpoints (at least
+        # ``keep``, the front's earliest trials first, when the front is smaller)
+        front = sorted(study.best_trials, key=lambda t: t.number)
+        rest = [t for t in complete if t.number not in {f.number for f in front}]
+        kept = {t.number for t in front} | {t.number for t in rest[: max(0, keep - len(front))]}
+    else:
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        ranked = sorted(complete, key=lambda t: (-t.value if maximize else t.value, t.number))
+        kept = {t.number for t in ranked[:keep]}
     files, size = 0, 0
     for t in study.get_trials(deepcopy=False, states=FINISHED):
         run_dir = t.user_attrs.get("run_dir")

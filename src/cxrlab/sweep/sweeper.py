@@ -28,7 +28,7 @@ from cxrlab.sweep import study as studies
 from cxrlab.sweep.report import write_study_report
 from cxrlab.sweep.search_space import PendingGrid, grid_of, parse, quote, to_override
 from cxrlab.sweep.trial import ACTIVE
-from cxrlab.utils.resolvers import lower_is_better
+from cxrlab.utils.resolvers import lower_is_better, metric_names
 
 log = logging.getLogger(__name__)
 
@@ -37,34 +37,64 @@ class SweepError(RuntimeError):
     pass
 
 
-def direction_for(direction, metric: str | None) -> str:
+def directions_for(direction, metric) -> list[str]:
+    """One direction per optimized metric: ``direction`` is one (auto, maximize, minimize) or a
+    list as long as ``optimized_metric`` (several: a multi-objective study)."""
+    metrics = metric_names(metric) or [None]
     if isinstance(direction, list | tuple) or type(direction).__name__ == "ListConfig":
-        # hydra-optuna-sweeper's configs may write one direction as a list
-        if len(direction) != 1:
-            raise SweepError(
-                f"hydra.sweeper.direction={list(direction)}: one objective only (the run "
-                "returns optimized_metric); multi-objective studies are not supported yet"
-            )
-        (direction,) = direction
-    if direction != "auto":
-        if direction not in ("maximize", "minimize"):
-            raise SweepError(f"hydra.sweeper.direction={direction!r}: use auto, maximize, minimize")
-        return direction
-    return "minimize" if lower_is_better(metric) else "maximize"
+        given = [str(d) for d in direction]
+    else:
+        given = [str(direction)] * len(metrics)
+    if len(given) != len(metrics):
+        raise SweepError(
+            f"hydra.sweeper.direction={given} gives {len(given)} directions for "
+            f"{len(metrics)} optimized metrics ({metrics}): one direction per metric, e.g. "
+            f"optimized_metric=[{','.join(m or 'val/auroc' for m in metrics)}] and as many "
+            "directions (auto: maximize, or minimize for losses)"
+        )
+    out = []
+    for d, m in zip(given, metrics):
+        if d == "auto":
+            d = "minimize" if lower_is_better(m) else "maximize"
+        if d not in ("maximize", "minimize"):
+            raise SweepError(f"hydra.sweeper.direction={d!r}: use auto, maximize, minimize")
+        out.append(d)
+    return out
 
 
-def job_failure(ret) -> tuple[TrialState, str | None]:
+def direction_for(direction, metric: str | None) -> str:
+    """The one direction of a single-objective study (see ``directions_for``)."""
+    return directions_for(direction, metric)[0]
+
+
+def _values(value, n: int) -> list[float] | str:
+    """A run's return value as ``n`` finite floats, or why it is not."""
+    if isinstance(value, list | tuple) or type(value).__name__ == "ListConfig":
+        values = list(value)
+    else:
+        values = [value]
+    if len(values) != n:
+        return f"the run returned {len(values)} values for {n} objectives"
+    out = []
+    for v in values:
+        if v is None:
+            return "the run returned no value for optimized_metric"
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return f"the run returned {v!r}, not a number"
+        if not math.isfinite(v):
+            return f"optimized_metric is {v} (training diverged?)"
+        out.append(v)
+    return out
+
+
+def job_failure(ret, n_objectives: int = 1) -> tuple[TrialState, str | None]:
     """The trial state and reason for one finished Hydra job."""
     if ret.status == JobStatus.COMPLETED:
-        value = ret.return_value
-        if value is None:
-            return TrialState.FAIL, "the run returned no value for optimized_metric"
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            return TrialState.FAIL, f"the run returned {value!r}, not a number"
-        if not math.isfinite(value):
-            return TrialState.FAIL, f"optimized_metric is {value} (training diverged?)"
+        values = _values(ret.return_value, n_objectives)
+        if isinstance(values, str):
+            return TrialState.FAIL, values
         return TrialState.COMPLETE, None
     exc = ret._return_value
     if isinstance(exc, optuna.TrialPruned):
@@ -112,6 +142,7 @@ class OptunaSweep:
         max_failure_rate: float | None = None,
         custom_search_space: str | None = None,
         search_space=None,
+        cv: bool = False,
     ):
         if search_space:
             from cxrlab.sweep.search_space import from_plugin_search_space
@@ -131,8 +162,21 @@ class OptunaSweep:
         self.custom_search_space = _function(custom_search_space) if custom_search_space else None
         self.sampler = sampler
         self.pruner = pruner
-        direction_for(direction, None)  # a bad value is named before any trial
+        # a bad value is named before any trial (their number is checked against the metrics')
+        for d in (
+            direction
+            if isinstance(direction, list | tuple) or type(direction).__name__ == "ListConfig"
+            else [direction]
+        ):
+            direction_for(d, None)
         self.direction = direction
+        if not isinstance(cv, bool):
+            raise SweepError(
+                f"hydra.sweeper.cv={cv!r}: true (each trial trains every fold of "
+                "data.split.folds and returns their mean) or false"
+            )
+        self.cv = cv
+        self.folds: int | None = None
         self.storage_url = str(storage) if storage else None
         # null: Optuna names the study (a new one each run, as in hydra-optuna-sweeper)
         self.study_name = None if study_name is None else str(study_name)
@@ -184,7 +228,9 @@ class OptunaSweep:
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
         space, fixed = parse(self.params, arguments)
         metric = self.config.get("optimized_metric")
-        direction = direction_for(self.direction, metric)
+        directions = directions_for(self.direction, metric)
+        direction = directions[0] if len(directions) == 1 else ",".join(directions)
+        fixed = self._cross_validation(space, fixed)
         storage = studies.open_storage(self.storage_url, self.heartbeat_interval)
         if storage is None:
             log.warning("hydra.sweeper.storage is null: the study lives in memory and is lost")
@@ -198,16 +244,20 @@ class OptunaSweep:
             grid = grid_of(space)
             sampler = optuna.samplers.GridSampler(grid, seed=sampler.seed)
             log.info("Grid of %d points: %s", math.prod(len(v) for v in grid.values()), grid)
+        pruner = self.pruner
+        if len(directions) > 1 and pruner is not None:
+            log.info("Multi-objective study: no pruning (Optuna prunes single-objective studies)")
+            pruner = None
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
             sampler=sampler,
-            pruner=self.pruner or optuna.pruners.NopPruner(),
-            direction=direction,
+            pruner=pruner or optuna.pruners.NopPruner(),
+            directions=directions,
             load_if_exists=True,
         )
         if metric:
-            study.set_metric_names([str(metric)])
+            study.set_metric_names(metric_names(metric))
         for params in self.enqueue:
             unknown = set(params) - set(space)
             if unknown:
@@ -251,7 +301,7 @@ class OptunaSweep:
             return write_study_report(
                 study,
                 out,
-                metric=str(metric),
+                metric=metric_names(metric) or "value",
                 fixed=fixed,
                 storage_url=self.storage_url,
                 plots=plots,
@@ -297,6 +347,14 @@ class OptunaSweep:
         finally:
             summary = report(plots=self.plots)
             self._remove_checkpoints(study)
+        for point in summary.get("pareto_front", []):
+            log.info(
+                "Pareto front: trial %d %s with %s. Retrain it: %s",
+                point["trial"],
+                point["values"],
+                point["params"],
+                point["retrain"],
+            )
         if "best_trial" in summary:
             log.info(
                 "Best trial %d: %s=%.4f with %s. Retrain it: %s",
@@ -307,6 +365,42 @@ class OptunaSweep:
                 summary["retrain"],
             )
         log.info("Study report: %s (trials.csv, best.yaml, plots/)", out)
+
+    def _cross_validation(self, space: dict, fixed: list[str]) -> list[str]:
+        """``hydra.sweeper.cv``: check it against ``data.split.folds``; the fixed overrides
+        without a fold (each trial runs them all)."""
+        from omegaconf import OmegaConf
+
+        folds = OmegaConf.select(self.config, "data.split.folds", default=None)
+        if not self.cv:
+            if folds:
+                log.info(
+                    "data.split.folds=%s: each trial trains fold %s only; hydra.sweeper.cv=true "
+                    "trains every fold and optimizes their mean",
+                    folds,
+                    OmegaConf.select(self.config, "data.split.fold", default=0),
+                )
+            return fixed
+        if not folds:
+            raise SweepError(
+                "hydra.sweeper.cv=true trains every fold of each trial: set the number of folds "
+                "too, e.g. data.split.folds=5"
+            )
+        tuned = sorted(k for k in space if k in ("data.split.fold", "data.split.folds"))
+        if tuned:
+            raise SweepError(
+                f"hydra.sweeper.cv=true runs every fold itself: {tuned} cannot be search "
+                "parameters; give data.split.folds=K as a plain override"
+            )
+        self.folds = int(folds)
+        log.info(
+            "Cross-validated trials: each trains its %d folds one after another and returns "
+            "their mean (%d times the training of a plain trial); the pruner sees fold i's "
+            "epoch e at step i*max_epochs+e, and a pruned fold ends its trial",
+            self.folds,
+            self.folds,
+        )
+        return [o for o in fixed if not o.startswith("data.split.fold=")]
 
     def _sampler_for(self, storage):
         """The configured sampler; for a study that already has trials, the same sampler
@@ -383,43 +477,44 @@ class OptunaSweep:
             )
 
     def _run_batch(self, study: optuna.Study, batch: list, fixed: list[str], launched: int) -> int:
+        folds = self.folds or 1
         overrides = []
         for trial in batch:
             trial.set_user_attr("host", studies.HOST)
             trial.set_user_attr("pid", os.getpid())
-            ref = f"{{id:{trial._trial_id},number:{trial.number},study:{quote(study.study_name, in_dict=True)}}}"
-            overrides.append(
-                [
-                    *fixed,
-                    *(to_override(k, v) for k, v in trial.params.items()),
-                    f"++optuna_trial={ref}",
-                ]
-            )
+            ref = f"id:{trial._trial_id},number:{trial.number},study:{quote(study.study_name, in_dict=True)}"
+            params = [*fixed, *(to_override(k, v) for k, v in trial.params.items())]
+            if self.folds is None:
+                overrides.append([*params, f"++optuna_trial={{{ref}}}"])
+            else:  # a cross-validated trial: its folds, in trial_<n>/fold_<i>
+                for fold in range(folds):
+                    overrides.append(
+                        [
+                            *params,
+                            f"data.split.fold={fold}",
+                            f"++optuna_trial={{{ref},fold:{fold},folds:{folds}}}",
+                            f"hydra.sweep.subdir='{self._fold_subdir(trial.number, fold)}'",
+                        ]
+                    )
             ACTIVE[trial._trial_id] = trial
         failures = 0
+        n_objectives = len(study.directions)
         try:
             with studies.Heartbeat(study, [t._trial_id for t in batch]):
                 try:
-                    returns = self.launcher.launch(overrides, initial_job_idx=launched)
+                    returns = self.launcher.launch(overrides, initial_job_idx=launched * folds)
                 except Exception as e:  # e.g. a config group choice that does not exist
-                    returns = [e] * len(batch)
-            for trial, ret in zip(batch, returns):
-                if isinstance(ret, Exception):
-                    state, reason = (
-                        TrialState.FAIL,
-                        f"could not launch: {type(ret).__name__}: {ret}",
-                    )
-                else:
-                    state, reason = job_failure(ret)
-                    out_dir = ret.hydra_cfg.hydra.runtime.output_dir if ret.hydra_cfg else None
-                    if out_dir:
-                        trial.set_user_attr("run_dir", str(out_dir))
+                    returns = [e] * len(overrides)
+            for i, trial in enumerate(batch):
+                state, reason, values = self._outcome(
+                    trial, returns[i * folds : (i + 1) * folds], n_objectives
+                )
                 if reason and state == TrialState.FAIL:
                     trial.set_user_attr("fail_reason", reason)
                     failures += 1
                     log.warning("Trial %d failed: %s", trial.number, reason)
                 if state == TrialState.COMPLETE:
-                    study.tell(trial, float(ret.return_value))
+                    study.tell(trial, values if n_objectives > 1 else values[0])
                 else:
                     study.tell(trial, state=state)
                 log.info(
@@ -428,6 +523,8 @@ class OptunaSweep:
                     state.name.lower(),
                     f": {reason}" if reason and state == TrialState.PRUNED else "",
                 )
+                if state == TrialState.COMPLETE and self.folds is not None:
+                    self._summarize_folds(trial)
         finally:
             for trial in batch:
                 ACTIVE.pop(trial._trial_id, None)
@@ -440,3 +537,53 @@ class OptunaSweep:
             except Exception:
                 pass
         return failures
+
+    def _fold_subdir(self, number: int, fold: int) -> str:
+        """``<the sweep's subdir>/fold_<i>``, or ``trial_<n>/fold_<i>`` where the subdir does
+        not name the trial (``${hydra.job.num}`` differs per fold: the folds would scatter)."""
+        from omegaconf import OmegaConf
+
+        sub = OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir")
+        sub = str(sub) if sub and "optuna_trial.number" in str(sub) else f"trial_{number}"
+        return f"{sub}/fold_{fold}"
+
+    def _outcome(self, trial, rets: list, n_objectives: int):
+        """(state, reason, values) of a trial from its jobs' returns (one; or one per fold,
+        whose values are averaged)."""
+        states, values, run_dirs = [], [], []
+        for fold, ret in enumerate(rets):
+            where = f"fold {fold}: " if self.folds is not None else ""
+            if isinstance(ret, Exception):
+                states.append(
+                    (TrialState.FAIL, f"{where}could not launch: {type(ret).__name__}: {ret}")
+                )
+                continue
+            state, reason = job_failure(ret, n_objectives)
+            states.append((state, f"{where}{reason}" if reason else None))
+            out_dir = ret.hydra_cfg.hydra.runtime.output_dir if ret.hydra_cfg else None
+            if out_dir:
+                run_dirs.append(str(out_dir))
+            if state == TrialState.COMPLETE:
+                values.append(_values(ret.return_value, n_objectives))
+        if run_dirs:  # a cross-validated trial's folder holds its folds' run folders
+            run_dir = run_dirs[0] if self.folds is None else os.path.dirname(run_dirs[0])
+            trial.set_user_attr("run_dir", run_dir)
+        for wanted in (TrialState.FAIL, TrialState.PRUNED):
+            for state, reason in states:
+                if state == wanted:
+                    return state, reason, None
+        mean = [float(sum(v[k] for v in values) / len(values)) for k in range(n_objectives)]
+        if self.folds is not None:
+            trial.set_user_attr("fold_values", [v if n_objectives > 1 else v[0] for v in values])
+        return TrialState.COMPLETE, None, mean
+
+    def _summarize_folds(self, trial) -> None:
+        from cxrlab.evaluation.cv import summarize
+
+        run_dir = trial.user_attrs.get("run_dir") if hasattr(trial, "user_attrs") else None
+        if not run_dir:
+            return
+        try:
+            summarize(run_dir)
+        except Exception as e:  # a summary must never cost the sweep its trial
+            log.warning("Trial %d: cross-validation summary not written: %s", trial.number, e)

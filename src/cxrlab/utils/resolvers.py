@@ -20,9 +20,26 @@ def lower_is_better(metric: str | None) -> bool:
     return any(w in name for w in LOWER_IS_BETTER)
 
 
+def metric_names(metric) -> list[str]:
+    """``optimized_metric`` as a list: one name, or several (a multi-objective sweep)."""
+    if metric is None:
+        return []
+    if isinstance(metric, str):
+        return [metric]
+    return [str(m) for m in metric]
+
+
+def first_metric(metric) -> str | None:
+    """``${cxrlab.first:${optimized_metric}}``: what checkpoints and early stopping monitor,
+    the first of several optimized metrics (a multi-objective sweep), or the one."""
+    names = metric_names(metric)
+    return names[0] if names else None
+
+
 def _mode(metric):
-    """``${cxrlab.mode:${optimized_metric}}``: min for losses and errors, else max."""
-    return "min" if lower_is_better(metric) else "max"
+    """``${cxrlab.mode:${optimized_metric}}``: min for losses and errors, else max (of the
+    first metric, when there are several)."""
+    return "min" if lower_is_better(first_metric(metric)) else "max"
 
 
 def resume_dir(ckpt_path, fallback: str) -> str:
@@ -76,5 +93,7 @@ def register() -> None:
         OmegaConf.register_new_resolver("cxrlab.resume_dir", resume_dir)
     if not OmegaConf.has_resolver("cxrlab.default"):
         OmegaConf.register_new_resolver("cxrlab.default", _default)
+    if not OmegaConf.has_resolver("cxrlab.first"):
+        OmegaConf.register_new_resolver("cxrlab.first", first_metric)
     if not OmegaConf.has_resolver("cxrlab.mode"):
         OmegaConf.register_new_resolver("cxrlab.mode", _mode)

@@ -32,8 +32,8 @@ class CXRLabOptunaSweeperConf:
     # what each epoch tells the pruner: "last" (that epoch's validation value) or "best" (the
     # best so far: the value the trial returns if it stops now)
     report: str = "best"
-    # auto: minimize for loss-like optimized_metric names, maximize otherwise (a list of one,
-    # as hydra-optuna-sweeper's configs may write it, is that one)
+    # auto: minimize for loss-like optimized_metric names, maximize otherwise; a list, one per
+    # metric of a list optimized_metric: a multi-objective study (best.yaml: its Pareto front)
     direction: Any = "auto"
     # a database URL (sqlite:///..., postgresql://...), or null for an in-memory study
     storage: Any = None
@@ -62,6 +62,8 @@ class CXRLabOptunaSweeperConf:
     # checkpoints (*.ckpt) stay only in the run folders of this many best complete trials;
     # pruned and failed trials lose theirs; null keeps every trial's
     keep_checkpoints: Any = None
+    # cross-validated trials: each trains every fold of data.split.folds and returns the mean
+    cv: bool = False
 
 
 # hydra-optuna-sweeper's sampler group: `override /hydra/sweeper/sampler: random`, or
