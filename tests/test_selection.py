@@ -6,7 +6,9 @@ from cxrlab.data.selection import (
     SelectionError,
     assert_no_leakage,
     balanced_subset,
+    check_folds,
     check_ratios,
+    patient_grouped_folds,
     patient_grouped_split,
 )
 
@@ -86,3 +88,28 @@ def test_balanced_subset_too_large_fails_with_the_key_and_the_limit():
     assert f"data.dataset_size<={2 * n_normal}" in str(e.value)
     with pytest.raises(SelectionError, match="multiple of the number of classes"):
         balanced_subset(df, 101, ["normal", "pneumonia"], seed=0)
+
+
+@pytest.mark.parametrize(
+    ("folds", "fold", "msg"),
+    [
+        (None, 2, r"data.split.fold=2 needs data.split.folds"),
+        (5, 5, r"folds are numbered 0 to 4 \(run them all with -m data.split.fold='range\(5\)'\)"),
+        (1, 0, r"data.split.folds=1: use 2 or more folds"),
+        (5, -1, r"data.split.fold=-1: use a fold number"),
+    ],
+)
+def test_fold_settings_are_named_with_what_to_write(folds, fold, msg):
+    from cxrlab.errors import UserError
+
+    with pytest.raises(UserError, match=msg):  # a message for the user, not a traceback
+        check_folds(folds, fold)
+
+
+def test_more_folds_than_patients_outside_the_test_split_is_refused():
+    df = manifest(n_patients=4)
+    test = pd.Series(False, index=df.index)
+    with pytest.raises(
+        SelectionError, match=r"folds=5: folds \[.+\] got no patients \(4 patients outside"
+    ):
+        patient_grouped_folds(df, test, folds=5, fold=0, seed=0)
