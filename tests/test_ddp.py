@@ -49,6 +49,10 @@ def test_one_run_folder_one_checkpoint_pair_one_report(ddp_run):
 def test_every_logger_records_one_run(ddp_run):
     run = ddp_run / "run"
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1
+    # media from rank 0 only: each validation's charts once, the tables once
+    media = next((run / "wandb").glob("offline-run-*")) / "files" / "media" / "table"
+    assert len(list((media / "val").glob("confusion_matrix_table_*.table.json"))) == 2
+    assert len(list((media / "test").glob("predictions_*.table.json"))) == 1
     # TensorBoard: one folder, files of one process (rank 0 reopens its writer per stage)
     events = list((run / "tensorboard").rglob("events.out.tfevents*"))
     assert len({e.parent for e in events}) == 1

@@ -70,6 +70,7 @@ def many_run(tmp_path_factory, mlflow_server):
         "model=resnet18",  # the loggers are the subject here, not the network
         f"logger.mlflow.tracking_uri={mlflow_server}",
         "logger.mlflow.log_model=true",
+        "logger.wandb.log_model=true",
         "trainer.max_epochs=2",
         "data.source.num_patients=40",
         "evaluation.bootstrap=50",
@@ -118,6 +119,116 @@ def test_mlflow_server_has_params_metrics_report_and_checkpoint(many_run, mlflow
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"best", "last"} <= top
     assert "best/best.ckpt" in {a.path for a in client.list_artifacts(run.info.run_id, "best")}
+
+
+def wandb_records(run: Path) -> dict:
+    """An offline W&B run's records by type, as W&B itself reads them back."""
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    proc = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run)],
+                          capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    out: dict = {}
+    for line in proc.stdout.splitlines():
+        rec = json.loads(line)
+        out.setdefault(rec["type"], []).append(rec[rec["type"]])
+    return out
+
+
+def test_wandb_charts_every_epoch_tables_with_the_networks_inputs_and_artifacts(many_run):
+    """Read back from the offline run: the validation charts at each epoch, prediction tables
+    whose images are the preprocessed inputs of their rows, the worst errors with Grad-CAM,
+    the metrics with intervals, the tested checkpoint and the data selection as artifacts."""
+    import cv2
+
+    from cxrlab.data.preprocess import PreprocessSpec, load_preprocessed
+
+    run = next((many_run / "run" / "wandb").glob("offline-run-*"))
+    rec = wandb_records(run)
+    history = [h["item"] for h in rec["history"]]
+    charts = [h for h in history if "val/confusion_matrix_table._type" in h]
+    assert [h["epoch"] for h in charts] == [0, 1]  # one per validation, the epoch as step
+    assert all("val/roc_curve_table._type" in h and "val/pr_curve_table._type" in h for h in charts)
+    assert {m.get("name"): m.get("step_metric") for m in rec["metric"]}[
+        "val/confusion_matrix"
+    ] == "epoch"
+    info = rec["run"][-1]
+    assert info["display_name"] == "default-resnet18-run" and info["run_group"] == "default"
+    assert {"data:synthetic", "model:resnet18", "task:binary"} <= set(info["tags"])
+
+    report = json.loads((many_run / "run" / "report" / "metrics.json").read_text())
+    media = run / "files" / "media" / "table"
+    spec = PreprocessSpec(size=32)  # debug=default's images
+
+    def logged_table(key: str) -> tuple[dict, dict]:
+        """A table with images as W&B stages it for upload: the run's table artifact (the run
+        folder's copy has no image references), and its files by path."""
+        (art,) = [a for a in rec["artifact"] if a.get("type") == "run_table"
+                  and a["name"].startswith(f"run-{info['run_id']}-{key.replace('/', '')}-")]  # fmt: skip
+        files = {c["path"]: c["local_path"] for c in art["manifest"]["contents"]}
+        return json.loads(Path(files[f"{key}.table.json"]).read_text()), files
+
+    for split in ("val", "test"):
+        table, files = logged_table(f"{split}/predictions")
+        cols = table["columns"]
+        assert cols[:2] == ["image", "row"] and {"patient_id", "label", "prob_pneumonia",
+                                                 "prediction", "path"} <= set(cols)  # fmt: skip
+        if split == "test":
+            assert len(table["data"]) == report["images"]  # under tracking.table_rows
+        for row in table["data"][:5]:
+            r = dict(zip(cols, row))
+            png = cv2.imread(files[r["image"]["path"]], cv2.IMREAD_GRAYSCALE)
+            assert (png == load_preprocessed(r["path"], spec)).all(), r["path"]
+            assert r["prediction"] == ("pneumonia" if r["prob_pneumonia"] >= report["threshold"][
+                "value"] else "normal")  # fmt: skip
+        table, files = logged_table(f"{split}/worst_errors")
+        worst = [dict(zip(table["columns"], r)) for r in table["data"]]
+        assert worst and {w["kind"] for w in worst} <= {"false negative", "false positive"}
+        fn = [w["prob_pneumonia"] for w in worst if w["kind"] == "false negative"]
+        assert fn == sorted(fn) and all(w["label"] != w["prediction"] for w in worst)
+        overlay = cv2.imread(files[worst[0]["gradcam"]["path"]])
+        assert overlay.shape == (32, 32, 3)
+
+    (path,) = (media / "test").glob("report_metrics_*.table.json")
+    rows = json.loads(path.read_text())
+    assert rows["columns"] == ["scope", "metric", "value", "ci95_low", "ci95_high"]
+    auroc = next(r for r in rows["data"] if r[1] == "auroc")
+    assert auroc[2:] == [report["metrics"]["auroc"]["value"], *report["metrics"]["auroc"]["ci95"]]
+    summary = {k: v for s in rec["summary"] for k, v in s["update"].items()}
+    assert summary["test/threshold"] == report["threshold"]["value"]
+    assert summary["test/threshold_policy"] == "youden" and summary["run/state"] == "finished"
+    assert "best/val/auroc" in summary
+
+    arts = {a["type"]: a for a in rec["artifact"] if a.get("type") in ("model", "dataset")}
+    model = arts["model"]
+    assert model["name"] == f"model-{info['run_id']}" and {"best", "latest"} <= set(
+        model["aliases"]
+    )
+    assert {c["path"] for c in model["manifest"]["contents"]} == {"model.ckpt", "model_card.md"}
+    meta = json.loads(model["metadata"])
+    assert meta["threshold"] == report["threshold"]["value"] and "pretrained" in meta
+    assert meta["model_card"].startswith("# Model card")
+    data = arts["dataset"]
+    assert [c["path"] for c in data["manifest"]["contents"]] == ["splits.csv"]
+    assert json.loads(data["metadata"])["counts"]["test"]["images"] == report["images"]
+
+
+def test_tensorboard_and_mlflow_get_the_epoch_charts_and_tables(many_run, mlflow_server):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(many_run / "run" / "tensorboard"),
+                          size_guidance={"images": 0, "tensors": 0})  # fmt: skip
+    ea.Reload()
+    for c in ("normal", "pneumonia"):
+        assert [e.step for e in ea.Tensors(f"val/pr_curve/{c}")] == [0, 1]
+    assert [e.step for e in ea.Images("val/confusion_matrix")] == [0, 1]
+    assert {"test/worst_errors", "val/worst_errors"} <= set(ea.Tags()["images"])
+    assert "test/predictions/text_summary" in ea.Tags()["tensors"]
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("cxrlab").experiment_id])
+    paths = {a.path for d in ("val/epoch_000", "val/epoch_001", "test", "val", "")
+             for a in client.list_artifacts(run.info.run_id, d or None)}  # fmt: skip
+    assert {"val/epoch_000/confusion_matrix.png", "val/epoch_001/roc_pr.png", "splits.csv",
+            "test/predictions.json", "val/worst_errors.json"} <= paths  # fmt: skip
+    assert run.data.tags["data"] == "synthetic" and run.info.run_name == "default-resnet18-run"
 
 
 def test_wandb_offline_has_the_report_table_and_pictures(many_run):

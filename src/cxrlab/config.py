@@ -85,6 +85,9 @@ def validate(cfg: DictConfig) -> RunSettings:
         check_trainer(cfg.get("trainer"))
         if cfg.get("evaluation") is not None:
             thresholds.check_settings(cfg.evaluation)
+        from cxrlab.utils.tracking import TrackingSettings
+
+        TrackingSettings(**_plain(cfg.get("tracking")))  # tracking.*: named before any work
         settings = RunSettings(
             preprocess=PreprocessSpec(**_plain(cfg.data.get("preprocess"))),
             augment=AugmentConfig(**_plain(cfg.get("augment"))),

@@ -28,10 +28,14 @@ from cxrlab.utils.loggers import (
     close_runs,
     continue_logger_runs,
     continue_logs,
+    log_dataset_artifact,
+    log_model_artifact,
     log_split,
-    name_trial_runs,
+    name_runs,
+    tracked,
 )
 from cxrlab.utils.resolvers import first_metric, metric_names
+from cxrlab.utils.tracking import TrackingCallback, TrackingSettings, tracked_tables
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     dm.select()  # cheap, so wrong settings fail before any real work
     model = instantiate_model(cfg.model, dm, settings)
     resumed = resume_point(cfg.get("ckpt_path")) if cfg.get("train", True) else None
-    logger_cfg = name_trial_runs(cfg.get("logger"), cfg.get("optuna_trial"))
+    logger_cfg = name_runs(cfg.get("logger"), cfg)
     if resumed is not None:
         logger_cfg = continue_logger_runs(logger_cfg, out_dir)
     loggers = instantiate_group(logger_cfg)
@@ -68,6 +72,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         log.info("No logger (logger=[]): metrics go to train.log and the report only")
     history = ValidationHistory()
     callbacks.append(history)
+    tracking = TrackingSettings(**OmegaConf.to_container(cfg.get("tracking") or {}, resolve=True))
+    if tracked(loggers):
+        callbacks.append(TrackingCallback(tracking, dm.classes))
     reporter = None
     if cfg.get("optuna_trial"):
         from cxrlab.sweep.trial import OptunaTrialReporter, report_mode, skip_if_pruned
@@ -92,6 +99,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         splits.to_csv(out_dir / "splits.csv", index=False)
+        log_dataset_artifact(loggers, out_dir / "splits.csv", *dataset_artifact(cfg, dm))
     # the run config, once and nested (each logger flattens it as its format needs), with the
     # weights the model started from
     hparams = OmegaConf.to_container(cfg, resolve=True)
@@ -102,19 +110,36 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     try:
         with ddp_ranks_follow_this_job():
             metrics, pruned = _fit_and_test(
-                cfg, trainer, model, dm, loggers, reporter, out_dir, history
+                cfg, trainer, model, dm, loggers, reporter, out_dir, history, tracking
             )
     except BaseException:
         # close the loggers' runs and the process group even when the run fails: in a sweep
         # the next trial runs in this process and must not log into this run's W&B run
         finish(trainer, loggers, "failed")
         raise
-    finish(trainer, loggers, "finished" if pruned else "success")
+    summary = {}
+    cb = trainer.checkpoint_callback
+    if cb is not None and cb.monitor and cb.monitor in metrics:
+        summary[f"best/{cb.monitor}"] = metrics[cb.monitor]  # the tested checkpoint's
+    value = objective(metrics, cfg.get("optimized_metric"))
+    if cfg.get("optuna_trial") and isinstance(value, float):
+        summary["optuna/value"] = value
+    finish(trainer, loggers, "finished" if pruned else "success", summary)
     if pruned and trainer.is_global_zero:
         import optuna
 
         raise optuna.TrialPruned(reporter.pruned_message())
     return metrics, {"trainer": trainer, "model": model, "datamodule": dm}
+
+
+def dataset_artifact(cfg, dm) -> tuple[str, dict]:
+    """The name and metadata of the run's data selection as a tracker's dataset artifact."""
+    split = OmegaConf.to_container(cfg.data.get("split") or {}, resolve=True)
+    name = f"splits-{dm.source_name}-{dm.task}"
+    meta = {"source": dm.source_name, "task": dm.task, "classes": list(dm.classes),
+            "dataset_size": dm.dataset_size, "split": split, "counts": dm.describe(),
+            "skipped_unreadable": len(dm.skipped)}  # fmt: skip
+    return name, meta
 
 
 def starting_weights(model_cfg) -> dict:
@@ -209,7 +234,7 @@ class ValidationHistory(pl.Callback):
 
 
 def _fit_and_test(
-    cfg, trainer, model, dm, loggers, reporter, out_dir, history=None
+    cfg, trainer, model, dm, loggers, reporter, out_dir, history=None, tracking=None
 ) -> tuple[dict, bool]:
     """(metrics, pruned): fit, choose the threshold on validation, test the best checkpoint."""
     metrics: dict = {}
@@ -231,7 +256,10 @@ def _fit_and_test(
         ckpt = _best_checkpoint(trainer)
         ev = cfg.get("evaluation") or {}
         cv = dm.folds is not None
-        choose_on_validation(trainer, model, dm, ckpt, ev, keep_predictions=cv)
+        tables = (
+            tracked(loggers) and tracking is not None and (tracking.table_rows or tracking.worst)
+        )
+        choose_on_validation(trainer, model, dm, ckpt, ev, keep_predictions=cv or tables)
         if cv and trainer.is_global_zero:
             from cxrlab.evaluation.cv import write_fold_predictions
 
@@ -245,15 +273,27 @@ def _fit_and_test(
             report = write_split_report(out_dir / "report", dm, model, "test", ev, ckpt)
             log_split(
                 loggers, report, out_dir / "report", model.results["test"], dm.classes,
-                model.threshold,
+                model.threshold, tracked_tables(dm, model, "test", tracking) if tables else None,
             )  # fmt: skip
+            if tables:  # the validation split at the best checkpoint: its tables
+                log_split(loggers, {"split": "val"}, None, None, dm.classes, model.threshold,
+                          tracked_tables(dm, model, "val", tracking))  # fmt: skip
             write_test_metrics(out_dir, report, ckpt)
+            cb = trainer.checkpoint_callback
+            log_model_artifact(loggers, ckpt, out_dir / "report" / "model_card.md", {
+                "pretrained": model.pretrained_weights, "classes": list(dm.classes),
+                "threshold": model.threshold, "threshold_policy": model.threshold_policy,
+                "monitor": getattr(cb, "monitor", None),
+                "score": metrics.get(getattr(cb, "monitor", None) or ""),
+                "test": {k: v for k, v in metrics.items() if k.startswith("test/")},
+                "run_dir": str(out_dir),
+            })  # fmt: skip
     return metrics, False
 
 
-def finish(trainer: pl.Trainer, loggers, status: str) -> None:
+def finish(trainer: pl.Trainer, loggers, status: str, summary: dict | None = None) -> None:
     """Close the loggers and the DDP process group, so a sweep's next trial starts clean."""
-    close_runs(loggers, status)
+    close_runs(loggers, status, summary)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Lightning keeps the group after fit/test; the next trial in this process (a sweep)
         # would otherwise join the old group while its new worker processes wait for a new one

@@ -18,7 +18,7 @@ from cxrlab.checkpoints import CheckpointError, load_model, read_checkpoint
 from cxrlab.data.datamodule import CXRDataModule
 from cxrlab.evaluation.report import write_split_report
 from cxrlab.utils.instantiate import instantiate_group
-from cxrlab.utils.loggers import log_split
+from cxrlab.utils.loggers import log_split, tracked
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,13 @@ def evaluate(cfg: DictConfig) -> dict:
         **{k: v for k, v in dict(cfg.get("evaluation") or {}).items() if v is not None},
     }
     report = write_split_report(out / "report", dm, model, split, ev, str(ckpt_path))
-    log_split(loggers, report, out / "report", model.results[split], dm.classes, model.threshold)
+    tables = None
+    if tracked(loggers):  # the split's prediction and worst-error tables, as in training
+        from cxrlab.utils.tracking import TrackingSettings, tracked_tables
+
+        tables = tracked_tables(dm, model, split, TrackingSettings())
+    log_split(loggers, report, out / "report", model.results[split], dm.classes, model.threshold,
+              tables)  # fmt: skip
     for lg in loggers:
         lg.finalize("success")
     log.info(

@@ -347,6 +347,7 @@ class OptunaSweep:
         finally:
             summary = report(plots=self.plots)
             self._remove_checkpoints(study)
+            self._log_study(study, summary, out, metric)
         for point in summary.get("pareto_front", []):
             log.info(
                 "Pareto front: trial %d %s with %s. Retrain it: %s",
@@ -401,6 +402,18 @@ class OptunaSweep:
             self.folds,
         )
         return [o for o in fixed if not o.startswith("data.split.fold=")]
+
+    def _log_study(self, study, summary: dict, out: Path, metric) -> None:
+        """The study's summary run in W&B, where the trials log there (never fatal)."""
+        from cxrlab.sweep.report import trials_table
+        from cxrlab.utils.loggers import log_study_summary
+
+        try:
+            names = metric_names(metric)
+            table = trials_table(study, names if len(names) == len(study.directions) else None)
+            log_study_summary(self.config.get("logger"), study.study_name, table, summary, out)
+        except Exception as e:  # a summary run must never cost the sweep its results
+            log.warning("W&B study summary not logged: %s", e)
 
     def _sampler_for(self, storage):
         """The configured sampler; for a study that already has trials, the same sampler
