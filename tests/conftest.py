@@ -315,3 +315,18 @@ def tiny_phantom(tmp_path_factory) -> Path:
     cfg = phantom.PhantomConfig(num_patients=40, seed=3, width_range=(300, 420), workers=2)
     phantom.generate(root, cfg, progress=False)
     return root
+
+
+def wandb_records(run: Path) -> dict:
+    """An offline W&B run's records by type (each record's own content), as W&B itself reads
+    them back: ``wandb leet inspect --json <run folder>``."""
+    import json
+
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    proc = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run)],
+                          capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    out: dict = {}
+    for line in proc.stdout.splitlines():
+        rec = json.loads(line)
+        out.setdefault(rec["type"], []).append(rec[rec["type"]])
+    return out

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import free_port, run_train, train_here
+from conftest import free_port, run_train, train_here, wandb_records
 
 # every test here trains, serves or sweeps: the inner loop (pytest -m "not slow") skips it
 pytestmark = pytest.mark.slow
@@ -119,18 +119,6 @@ def test_mlflow_server_has_params_metrics_report_and_checkpoint(many_run, mlflow
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"best", "last"} <= top
     assert "best/best.ckpt" in {a.path for a in client.list_artifacts(run.info.run_id, "best")}
-
-
-def wandb_records(run: Path) -> dict:
-    """An offline W&B run's records by type, as W&B itself reads them back."""
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    proc = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run)],
-                          capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
-    out: dict = {}
-    for line in proc.stdout.splitlines():
-        rec = json.loads(line)
-        out.setdefault(rec["type"], []).append(rec[rec["type"]])
-    return out
 
 
 def test_wandb_charts_every_epoch_tables_with_the_networks_inputs_and_artifacts(many_run):

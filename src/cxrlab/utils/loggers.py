@@ -487,10 +487,17 @@ def log_study_summary(logger_cfg, study_name: str, table, summary: dict, out: Pa
     confs = [c for c, kind in _each_config(logger_cfg) if kind == "wandb"] if logger_cfg else []
     if not confs or table is None or table.empty:
         return
+    import hashlib
+
     import wandb
 
     conf = confs[0]
+    # one W&B run per study: each sweep command resumes it (offline: one folder per command,
+    # the same run once synced)
+    run_id = "study-" + hashlib.sha1(f"{out}:{study_name}".encode()).hexdigest()[:16]
     lg = wandb_logger(
+        id=run_id,
+        resume="allow",
         offline=OmegaConf.select(conf, "offline", default="auto"),
         save_dir=str(out),
         project=OmegaConf.select(conf, "project", default="cxrlab"),
@@ -498,10 +505,10 @@ def log_study_summary(logger_cfg, study_name: str, table, summary: dict, out: Pa
         group=study_name,
         job_type="optuna-study",
         tags=["optuna-study", f"optuna_study:{study_name}"],
-    )
+    )  # fmt: skip
     run = lg.experiment
     run.config.update({"study": study_name, "direction": summary.get("direction"),
-                       "metric": summary.get("metric")})  # fmt: skip
+                       "metric": summary.get("metric")}, allow_val_change=True)  # fmt: skip
     plain = table.astype(object).where(table.notna(), None)
     run.log({"study/trials": wandb.Table(dataframe=plain)})
     keys = ("best_trial", "best_value", "best_params", "trials")
