@@ -209,6 +209,26 @@ def container(r: dict) -> list[str]:
     ]
 
 
+def tracking(r: dict) -> list[str]:
+    """Tracking on against off (benchmarks/tracking.py)."""
+    med, ratio = r["median"], r["ratio_on_over_off"]
+    n = len(r["runs"]["on"])
+    return [
+        f"| median of {n} rounds | tracking on (defaults) | off | on / off |",
+        "| --- | --- | --- | --- |",
+        f"| train.py, whole command, s | {med['on']['wall_s']:.1f} | {med['off']['wall_s']:.1f} "
+        f"| {ratio['wall_s']:.3f} |",
+        f"| training and testing (train.log), s | {med['on']['train_test_s']:.1f} | "
+        f"{med['off']['train_test_s']:.1f} | {ratio['train_test_s']:.3f} |",
+        f"| offline W&B run folder, MB | {med['on']['wandb_run_mb']:.1f} | "
+        f"{med['off']['wandb_run_mb']:.1f} | |",
+        f"| staged for upload (tables' artifacts), MB | {med['on']['staged_mb']:.1f} | "
+        f"{med['off']['staged_mb']:.1f} | |",
+        "",
+        f"{r['setup']}. {_stamp(r)}",
+    ]
+
+
 RENDER = {
     "data": data,
     "train": train,
@@ -216,6 +236,7 @@ RENDER = {
     "cache_build": cache_build,
     "peers": peers,
     "container": container,
+    "tracking": tracking,
 }
 
 
