@@ -173,6 +173,22 @@ def test_nih_full_label_file_cross_validation_folds_by_patient():
     assert pos.between(0.15, 0.25).all()
 
 
+def test_nih_full_label_file_multilabel_split_is_stratified_over_every_finding():
+    """data.task=multilabel on the real file: 14 findings per image, whole patients per split,
+    every finding at its split share (iterative stratification over patients)."""
+    from cxrlab.data.selection import finding_matrix, multilabel_grouped_split
+
+    df, classes = nih.labels(shipped("Data_Entry_2017_v2020.csv.gz"), task="multilabel")
+    assert len(df) == 112_120 and len(classes) == 14
+    y = finding_matrix(df, classes)
+    assert y.sum(0)[classes.index("pneumonia")] == 1_431  # the published count
+    split = multilabel_grouped_split(df, classes, {"train": 0.7, "val": 0.1, "test": 0.2}, 0)
+    assert_no_leakage(df.assign(split=split))
+    for name, share in (("train", 0.7), ("val", 0.1), ("test", 0.2)):
+        part = y[(split == name).to_numpy()].sum(0) / y.sum(0)
+        assert abs(part - share).max() < 0.01, (name, dict(zip(classes, part.round(3))))
+
+
 def test_rsna_full_label_file_and_shipped_views():
     df, _ = rsna_pneumonia.labels(shipped("kaggle_stage_2_train_labels.csv.zip"))
     assert len(df) == 26_684 and (df["label"] == "pneumonia").sum() == 6_012

@@ -205,3 +205,106 @@ def assert_no_leakage(df: pd.DataFrame, split_col: str = "split") -> None:
         raise AssertionError(
             f"{len(leaked)} patients appear in more than one split, e.g. {list(leaked.index[:5])}"
         )
+
+
+# ------------------------------------------------------------------ multi-label (data.task=multilabel)
+TARGET_PREFIX = "y_"
+
+
+def finding_columns(classes: Sequence[str]) -> list[str]:
+    """The manifest's column of each finding: 1 present, 0 absent, NaN unknown (masked)."""
+    return [f"{TARGET_PREFIX}{c}" for c in classes]
+
+
+def finding_matrix(df: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+    """(images, findings) float array: 1, 0 or NaN (a missing or uncertain label)."""
+    return df[finding_columns(classes)].to_numpy(dtype=np.float64)
+
+
+def multilabel_balanced_subset(
+    df: pd.DataFrame, dataset_size: int | None, classes: Sequence[str], seed: int
+) -> pd.DataFrame:
+    """``dataset_size`` images with every finding as evenly represented as the data allow.
+
+    Findings are served rarest first: each gets up to ``dataset_size // (K + 1)`` images showing
+    it (an image counts for every finding it shows, so common findings mostly arrive with the
+    rare ones); the rest are images with no finding present, then any images left. None keeps
+    everything.
+    """
+    if dataset_size is None:
+        return df
+    dataset_size = int(dataset_size)
+    if dataset_size > len(df):
+        raise SelectionError(
+            f"data.dataset_size={dataset_size} is larger than the data ({len(df)} images): "
+            f"use data.dataset_size<={len(df)} or null for all images"
+        )
+    y = np.nan_to_num(finding_matrix(df, classes)) > 0
+    rng = np.random.default_rng(seed)
+    share = dataset_size // (len(classes) + 1)
+    chosen = np.zeros(len(df), dtype=bool)
+    for k in np.argsort(y.sum(0), kind="stable"):  # rarest finding first
+        have = int((chosen & y[:, k]).sum())
+        pool = np.flatnonzero(y[:, k] & ~chosen)
+        take = min(max(0, share - have), len(pool), dataset_size - int(chosen.sum()))
+        chosen[rng.choice(pool, take, replace=False)] = True
+    for pool in (np.flatnonzero(~y.any(1) & ~chosen), np.flatnonzero(~chosen)):
+        take = min(len(pool), dataset_size - int(chosen.sum()))
+        if take > 0:
+            chosen[rng.choice(pool, take, replace=False)] = True
+    return df[chosen]
+
+
+def multilabel_grouped_split(
+    df: pd.DataFrame, classes: Sequence[str], ratios: Mapping[str, float], seed: int
+) -> pd.Series:
+    """train/val/test for multi-label rows, whole patients only, stratified over findings.
+
+    Iterative stratification (Sechidis, Tsoumakas and Vlahavas 2011) at the patient level: the
+    finding with the fewest positive patients still unplaced goes first; each of its patients
+    (shuffled) joins the split furthest below its target share of that finding's positive
+    images, and counts for every finding it has. Patients with no finding present are then
+    dealt by image counts, as the single-label split deals them. No patient is in two splits;
+    rare findings get their share as far as whole patients allow.
+    """
+    ratios = check_ratios(ratios)
+    if "patient_id" not in df:
+        raise SelectionError("the manifest has no patient_id column: cannot split by patient")
+    names = list(SPLITS)
+    share = np.array([ratios[s] for s in names])
+    live = share > 0
+    y = np.nan_to_num(finding_matrix(df, classes)) > 0
+    codes, patients = pd.factorize(df["patient_id"], sort=True)
+    n_pat = len(patients)
+    pos = np.zeros((n_pat, len(classes)))
+    np.add.at(pos, codes, y.astype(np.float64))  # positive images per patient and finding
+    sizes = np.bincount(codes, minlength=n_pat).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    want = share[:, None] * pos.sum(0)[None, :]  # (splits, findings) positive images wanted
+    have = np.zeros_like(want)
+    want_img = share * sizes.sum()
+    have_img = np.zeros(len(names))
+    split_of = np.full(n_pat, -1)
+    unplaced = pos > 0
+    while True:
+        counts = unplaced[split_of < 0].sum(0) if (split_of < 0).any() else np.zeros(1)
+        if not counts.any():
+            break
+        k = int(np.argmin(np.where(counts > 0, counts, np.inf)))
+        members = np.flatnonzero((split_of < 0) & (pos[:, k] > 0))
+        for p in rng.permutation(members):
+            need = np.where(live, (want[:, k] - have[:, k]) / np.maximum(want[:, k], 1e-9), -np.inf)
+            need_img = np.where(live, (want_img - have_img) / np.maximum(want_img, 1e-9), -np.inf)
+            # the most need for this finding; ties: the most need for images, then split order
+            s = max(range(len(names)), key=lambda i: (need[i], need_img[i], -i))
+            split_of[p] = s
+            have[s] += pos[p]
+            have_img[s] += sizes[p]
+        unplaced[members] = False
+    rest = np.flatnonzero(split_of < 0)
+    for p in rng.permutation(rest):
+        need_img = np.where(live, (want_img - have_img) / np.maximum(want_img, 1e-9), -np.inf)
+        s = max(range(len(names)), key=lambda i: (need_img[i], -i))
+        split_of[p] = s
+        have_img[s] += sizes[p]
+    return pd.Series(np.array(names)[split_of[codes]], index=df.index, name="split")

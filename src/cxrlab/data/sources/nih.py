@@ -99,14 +99,32 @@ def labels(
         label = np.array([class_name(h[0]) if h else "" for h in hits])
         dropped["several of the chosen findings"] = int((hits.map(len) > 1).sum())
         dropped["none of the chosen findings"] = int((hits.map(len) == 0).sum())
+    elif task == "multilabel":
+        # every image, a vector of the chosen findings (all 14 by default); NIH's labels are
+        # text-mined and never "uncertain", so none is masked
+        findings = list(findings or FINDINGS)
+        bad = [f for f in findings if f not in FINDINGS]
+        if bad or not findings:
+            raise SourceError(
+                f"data.source.findings={findings}: choose from the 14 findings {list(FINDINGS)}"
+            )
+        classes = [class_name(f) for f in findings]
+        keep = np.ones(len(raw), dtype=bool)
+        targets = {
+            c: sets.map(lambda s, f=f: float(f in s)).to_numpy() for f, c in zip(findings, classes)
+        }
+        label = np.array(["|".join(c for c, f in zip(classes, findings) if f in s) for s in sets])
     else:
-        raise SourceError(f"data.task={task!r}: nih supports binary and multiclass")
+        raise SourceError(f"data.task={task!r}: nih supports binary, multiclass and multilabel")
     out = pd.DataFrame({
         "image": raw["Image Index"].to_numpy()[keep],
         "label": label[keep],
         "patient_id": raw["Patient ID"].astype(str).to_numpy()[keep],
         "view": raw["View Position"].to_numpy()[keep],
     })  # fmt: skip
+    if task == "multilabel":
+        for c, v in targets.items():
+            out[f"y_{c}"] = v[keep]
     return note_dropped(out, dropped), classes
 
 
