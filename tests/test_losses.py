@@ -60,3 +60,24 @@ def test_label_smoothing_by_hand():
 def test_unknown_loss_names_the_key():
     with pytest.raises(ValueError, match="model.loss.name='hinge'.*focal"):
         build_loss("hinge", [1, 1])
+
+
+def test_multilabel_loss_leaves_unknown_labels_out_and_weights_positives():
+    import math
+
+    from cxrlab.models.losses import MaskedMultilabelLoss, positive_weights
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    target = torch.tensor([[1.0, float("nan"), 0.0], [0.0, 1.0, float("nan")]])
+    bce = MaskedMultilabelLoss()(logits, target)
+    known = [(2.0, 1), (0.5, 0), (0.0, 0), (3.0, 1)]
+    want = sum(math.log1p(math.exp(-x)) if y else math.log1p(math.exp(x)) for x, y in known) / 4
+    assert bce.item() == pytest.approx(want, rel=1e-6)
+    # focal: the confident right answers weigh less than in BCE
+    assert MaskedMultilabelLoss(gamma=2.0)(logits, target).item() < bce.item()
+    w = positive_weights([10, 5, 1], [90, 95, 99])
+    assert w.tolist() == pytest.approx([9.0, 19.0, 99.0])
+    weighted = MaskedMultilabelLoss(pos_weight=w)(logits, target)
+    assert weighted.item() > bce.item()  # the positives (findings 0 and 1) count more
+    with pytest.raises(ValueError, match="every finding needs positive"):
+        positive_weights([3, 0], [7, 10])

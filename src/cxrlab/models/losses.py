@@ -92,3 +92,42 @@ def build_loss(
     """``alpha`` for focal: a list, ``"balanced"`` (weights from training counts) or None."""
     check_loss({"name": name, "alpha": alpha, "label_smoothing": label_smoothing})
     return LOSSES[name](class_counts, label_smoothing=label_smoothing, gamma=gamma, alpha=alpha)
+
+
+# ------------------------------------------------------------------ multi-label (data.task=multilabel)
+def positive_weights(positives: Sequence[float], negatives: Sequence[float]) -> torch.Tensor:
+    """Per-finding BCE ``pos_weight`` = negatives / positives of the training split (labelled
+    images only), as torch's BCEWithLogitsLoss documents it."""
+    pos = torch.as_tensor(positives, dtype=torch.float32)
+    neg = torch.as_tensor(negatives, dtype=torch.float32)
+    if (pos <= 0).any():
+        raise ValueError(
+            f"every finding needs positive training images for weighted loss, counts={pos.tolist()}"
+        )
+    return neg / pos
+
+
+class MaskedMultilabelLoss(nn.Module):
+    """Sigmoid BCE (``gamma=0``) or sigmoid focal loss (Lin et al. 2017) per finding, with the
+    unknown labels (NaN targets) left out, as torchxrayvision leaves out NaN labels: the mean
+    over known (image, finding) pairs. ``pos_weight`` weighs each finding's positives."""
+
+    def __init__(self, gamma: float = 0.0, pos_weight: Sequence[float] | None = None):
+        super().__init__()
+        self.gamma = float(gamma)
+        weight = None if pos_weight is None else torch.as_tensor(pos_weight).float()
+        self.register_buffer("pos_weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        known = ~torch.isnan(target)
+        y = torch.nan_to_num(target.float())
+        x = logits.float()
+        loss = F.binary_cross_entropy_with_logits(
+            x, y, pos_weight=self.pos_weight, reduction="none"
+        )
+        if self.gamma:
+            p = torch.sigmoid(x)
+            p_t = p * y + (1 - p) * (1 - y)
+            loss = loss * (1 - p_t) ** self.gamma
+        n = known.sum()
+        return (loss * known).sum() / n.clamp_min(1)
