@@ -31,6 +31,9 @@ from cxrlab.data.selection import (
     balanced_subset,
     check_folds,
     check_ratios,
+    finding_matrix,
+    multilabel_balanced_subset,
+    multilabel_grouped_split,
     patient_grouped_folds,
     patient_grouped_split,
 )
@@ -49,7 +52,7 @@ SOURCES = (
     "folder",
     "csv",
 )
-TASKS = ("binary", "multiclass")
+TASKS = ("binary", "multiclass", "multilabel")
 SPLIT_POLICIES = ("resplit", "official")
 BAD_FILE_POLICIES = ("skip", "error")
 SAMPLERS = ("shuffle", "weighted")
@@ -80,6 +83,12 @@ def check_settings(data: Mapping) -> None:
             check_integer(data[key], f"data.{key}", 1, "use a positive number or null")
     check_choice(data.get("on_bad_file", "skip"), BAD_FILE_POLICIES, "data.on_bad_file")
     check_choice(data.get("sampler", "shuffle"), SAMPLERS, "data.sampler")
+    if data.get("task") == "multilabel" and data.get("sampler") == "weighted":
+        raise SelectionError(
+            "data.sampler=weighted draws by class, and a multi-label image has several: use "
+            "data.sampler=shuffle with model.loss.name=weighted_bce (per-finding positive "
+            "weights) or focal"
+        )
 
 
 class CachedImages(Dataset):
@@ -101,7 +110,10 @@ class CachedImages(Dataset):
         img = np.array(self.cache.images[self.rows[i]])
         if self.transform is not None:
             img = self.transform(image=img)["image"]
-        return torch.from_numpy(img).unsqueeze(0), int(self.labels[i]), int(self.rows[i])
+        label = self.labels[i]
+        # single-label: the class index; multi-label: float findings (1, 0, NaN: unknown)
+        label = int(label) if np.ndim(label) == 0 else torch.from_numpy(label)
+        return torch.from_numpy(img).unsqueeze(0), label, int(self.rows[i])
 
 
 def load_source(name: str):
@@ -203,7 +215,10 @@ class CXRDataModule(pl.LightningDataModule):
         if self.manifest is not None:
             return self.manifest
         df, classes = self.index()
-        df = balanced_subset(df, self.dataset_size, self.classes, self.seed)
+        if self.multilabel:
+            df = multilabel_balanced_subset(df, self.dataset_size, self.classes, self.seed)
+        else:
+            df = balanced_subset(df, self.dataset_size, self.classes, self.seed)
         if self.split_policy == "official":
             if "official_split" not in df:
                 raise SelectionError(
@@ -211,14 +226,17 @@ class CXRDataModule(pl.LightningDataModule):
                     "official split; use data.split.policy=resplit"
                 )
             split = df["official_split"]
+        elif self.multilabel:
+            split = multilabel_grouped_split(df, self.classes, self.ratios, self.split_seed)
         else:
             split = patient_grouped_split(df, self.ratios, self.split_seed)
         if self.folds is not None:
             # the test split exactly as without folds (same seed and ratios: the same test
             # images as a plain run); train and val pooled and dealt into the folds
             split, fold = patient_grouped_folds(
-                df, split == "test", self.folds, self.fold, self.split_seed
-            )
+                df, split == "test", self.folds, self.fold, self.split_seed,
+                findings=self.classes if self.multilabel else None,
+            )  # fmt: skip
             df = df.assign(fold=fold)
             log.info(
                 "Cross-validation: fold %d of %d validates (%d images), the other folds train "
@@ -239,10 +257,24 @@ class CXRDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
     def class_counts(self, split: str = "train") -> list[int]:
+        """Images per class of a split; multi-label: images showing each finding."""
         df = self.select()
-        counts = df[df["split"] == split]["label"].value_counts()
+        part = df[df["split"] == split]
+        if self.multilabel:
+            return [int(v) for v in np.nansum(finding_matrix(part, self.classes), 0)]
+        counts = part["label"].value_counts()
         return [int(counts.get(c, 0)) for c in self.classes]
+
+    def finding_counts(self, split: str = "train") -> tuple[list[int], list[int]]:
+        """Multi-label: (positive, negative) images of each finding in a split; unknown
+        labels count in neither."""
+        y = finding_matrix(self.select()[self.select()["split"] == split], self.classes)
+        return [int(v) for v in (y == 1).sum(0)], [int(v) for v in (y == 0).sum(0)]
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str | None = None) -> None:
@@ -268,9 +300,13 @@ class CXRDataModule(pl.LightningDataModule):
             )
         self.skipped = dict(bad)
         label_index = {c: i for i, c in enumerate(self.classes)}
+        targets = finding_matrix(df, self.classes).astype(np.float32) if self.multilabel else None
         for s in SPLITS:
             rows = np.flatnonzero((df["split"] == s).to_numpy() & ~df["path"].isin(bad).to_numpy())
-            labels = df["label"].iloc[rows].map(label_index).to_numpy()
+            if self.multilabel:
+                labels = targets[rows]
+            else:
+                labels = df["label"].iloc[rows].map(label_index).to_numpy()
             transform = None
             if s == "train" and self.augment_cfg.device == "cpu":
                 transform = albumentations_pipeline(self.augment_cfg, self.preprocess.size)
@@ -334,9 +370,14 @@ class CXRDataModule(pl.LightningDataModule):
         out = {}
         for s in SPLITS:
             part = df[(df["split"] == s) & ~df["path"].isin(self.skipped)]
+            if self.multilabel:  # images showing each finding
+                y = finding_matrix(part, self.classes)
+                counts = {c: int(v) for c, v in zip(self.classes, (y == 1).sum(0))}
+            else:
+                counts = {c: int((part["label"] == c).sum()) for c in self.classes}
             out[s] = {
                 "images": int(len(part)),
                 "patients": int(part["patient_id"].nunique()),
-                "classes": {c: int((part["label"] == c).sum()) for c in self.classes},
+                "classes": counts,
             }
         return out

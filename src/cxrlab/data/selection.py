@@ -167,7 +167,12 @@ def check_folds(folds, fold) -> tuple[int | None, int]:
 
 
 def patient_grouped_folds(
-    df: pd.DataFrame, test: pd.Series, folds: int, fold: int, seed: int
+    df: pd.DataFrame,
+    test: pd.Series,
+    folds: int,
+    fold: int,
+    seed: int,
+    findings: Sequence[str] | None = None,
 ) -> tuple[pd.Series, pd.Series]:
     """K-fold cross-validation splits: (split, fold number) for each row.
 
@@ -175,14 +180,19 @@ def patient_grouped_folds(
     patients are dealt into ``folds`` patient-grouped folds, stratified by majority label as the
     plain split is; fold ``fold`` is the validation split, the others train. The folds depend
     on the seed only, so every fold of one K-fold run sees the same partition. Returns the split
-    names and each row's fold (-1 for test rows).
+    names and each row's fold (-1 for test rows). ``findings``: a multi-label manifest's
+    findings, stratified over as ``multilabel_assign`` does.
     """
     folds, fold = check_folds(folds, fold)
     rest = df[~test.to_numpy()]
     names = [f"fold{k}" for k in range(folds)]
     # a generator of its own: the folds do not change when the test split's draw does
     rng = np.random.default_rng([int(seed), folds])
-    assignment = _grouped_assign(rest, dict.fromkeys(names, 1.0 / folds), rng)
+    shares = dict.fromkeys(names, 1.0 / folds)
+    if findings is not None:
+        assignment = multilabel_assign(rest, findings, shares, rng)
+    else:
+        assignment = _grouped_assign(rest, shares, rng)
     number = rest["patient_id"].map(assignment).map(names.index)
     empty = sorted(set(range(folds)) - set(number.unique().tolist()))
     if empty:
@@ -258,20 +268,30 @@ def multilabel_balanced_subset(
 def multilabel_grouped_split(
     df: pd.DataFrame, classes: Sequence[str], ratios: Mapping[str, float], seed: int
 ) -> pd.Series:
-    """train/val/test for multi-label rows, whole patients only, stratified over findings.
-
-    Iterative stratification (Sechidis, Tsoumakas and Vlahavas 2011) at the patient level: the
-    finding with the fewest positive patients still unplaced goes first; each of its patients
-    (shuffled) joins the split furthest below its target share of that finding's positive
-    images, and counts for every finding it has. Patients with no finding present are then
-    dealt by image counts, as the single-label split deals them. No patient is in two splits;
-    rare findings get their share as far as whole patients allow.
-    """
+    """train/val/test for multi-label rows, whole patients only, stratified over findings
+    (``multilabel_assign``). Returns a Series of split names aligned with ``df``."""
     ratios = check_ratios(ratios)
     if "patient_id" not in df:
         raise SelectionError("the manifest has no patient_id column: cannot split by patient")
-    names = list(SPLITS)
-    share = np.array([ratios[s] for s in names])
+    assignment = multilabel_assign(df, classes, ratios, np.random.default_rng(seed))
+    return df["patient_id"].map(assignment).rename("split")
+
+
+def multilabel_assign(
+    df: pd.DataFrame, classes: Sequence[str], shares: Mapping[str, float], rng
+) -> dict:
+    """{patient: part}: whole patients dealt to the parts in ``shares``, stratified over
+    findings by iterative stratification (Sechidis, Tsoumakas and Vlahavas 2011) at the patient
+    level.
+
+    The finding with the fewest positive patients still unplaced goes first; each of its
+    patients (shuffled) joins the part furthest below its target share of that finding's
+    positive images, and counts for every finding it has. Patients with no finding present are
+    then dealt by image counts, as the single-label split deals them. Rare findings get their
+    share as far as whole patients allow.
+    """
+    names = list(shares)
+    share = np.array([float(shares[s]) for s in names])
     live = share > 0
     y = np.nan_to_num(finding_matrix(df, classes)) > 0
     codes, patients = pd.factorize(df["patient_id"], sort=True)
@@ -279,32 +299,32 @@ def multilabel_grouped_split(
     pos = np.zeros((n_pat, len(classes)))
     np.add.at(pos, codes, y.astype(np.float64))  # positive images per patient and finding
     sizes = np.bincount(codes, minlength=n_pat).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    want = share[:, None] * pos.sum(0)[None, :]  # (splits, findings) positive images wanted
+    want = share[:, None] * pos.sum(0)[None, :]  # (parts, findings) positive images wanted
     have = np.zeros_like(want)
     want_img = share * sizes.sum()
     have_img = np.zeros(len(names))
-    split_of = np.full(n_pat, -1)
-    unplaced = pos > 0
+    part_of = np.full(n_pat, -1)
+    order = range(len(names))
+
+    def need(w, h):
+        return np.where(live, (w - h) / np.maximum(w, 1e-9), -np.inf)
+
     while True:
-        counts = unplaced[split_of < 0].sum(0) if (split_of < 0).any() else np.zeros(1)
+        open_ = part_of < 0
+        counts = (pos[open_] > 0).sum(0)
         if not counts.any():
             break
-        k = int(np.argmin(np.where(counts > 0, counts, np.inf)))
-        members = np.flatnonzero((split_of < 0) & (pos[:, k] > 0))
-        for p in rng.permutation(members):
-            need = np.where(live, (want[:, k] - have[:, k]) / np.maximum(want[:, k], 1e-9), -np.inf)
-            need_img = np.where(live, (want_img - have_img) / np.maximum(want_img, 1e-9), -np.inf)
-            # the most need for this finding; ties: the most need for images, then split order
-            s = max(range(len(names)), key=lambda i: (need[i], need_img[i], -i))
-            split_of[p] = s
+        k = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+        for p in rng.permutation(np.flatnonzero(open_ & (pos[:, k] > 0))):
+            nk, ni = need(want[:, k], have[:, k]), need(want_img, have_img)
+            # the most need for this finding; ties: the most need for images, then part order
+            s = max(order, key=lambda i: (nk[i], ni[i], -i))
+            part_of[p] = s
             have[s] += pos[p]
             have_img[s] += sizes[p]
-        unplaced[members] = False
-    rest = np.flatnonzero(split_of < 0)
-    for p in rng.permutation(rest):
-        need_img = np.where(live, (want_img - have_img) / np.maximum(want_img, 1e-9), -np.inf)
-        s = max(range(len(names)), key=lambda i: (need_img[i], -i))
-        split_of[p] = s
+    for p in rng.permutation(np.flatnonzero(part_of < 0)):
+        ni = need(want_img, have_img)
+        s = max(order, key=lambda i: (ni[i], -i))
+        part_of[p] = s
         have_img[s] += sizes[p]
-    return pd.Series(np.array(names)[split_of[codes]], index=df.index, name="split")
+    return dict(zip(patients.tolist(), np.array(names)[part_of].tolist()))

@@ -7,6 +7,7 @@ A manifest is a DataFrame with one row per image and at least the columns
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from cxrlab.errors import UserError
@@ -24,7 +25,23 @@ def validate_manifest(df: pd.DataFrame, classes: list[str], name: str) -> pd.Dat
         raise SourceError(f"{name}: manifest lacks columns {missing}")
     if df.empty:
         raise SourceError(f"{name}: no images found")
-    unknown = sorted(set(df["label"]) - set(classes))
+    targets = [f"y_{c}" for c in classes]
+    if any(c.startswith("y_") for c in df.columns):
+        # multi-label: a finding column per class, 1 / 0 / NaN (unknown); ``label`` is text
+        missing = [t for t in targets if t not in df]
+        if missing:
+            raise SourceError(f"{name}: multi-label manifest lacks finding columns {missing}")
+        values = df[targets].to_numpy(dtype=float)
+        bad = ~(np.isnan(values) | (values == 0) | (values == 1))
+        if bad.any():
+            row = int(np.flatnonzero(bad.any(1))[0])
+            raise SourceError(
+                f"{name}: finding values must be 1, 0 or blank (unknown); {df['path'].iloc[row]} "
+                f"has {dict(zip(classes, values[row]))}"
+            )
+        unknown = []
+    else:
+        unknown = sorted(set(df["label"]) - set(classes))
     if unknown:
         example = df.loc[df["label"] == unknown[0], "path"].iloc[0]
         raise SourceError(
