@@ -1,4 +1,4 @@
-"""Point metrics on predictions (numpy), binary and multi-class.
+"""Point metrics on predictions (numpy), binary, multi-class and multi-label.
 
 Binary tasks use the probability of the positive class (index 1) and a decision threshold;
 multi-class tasks use argmax and report per-class one-vs-rest values plus macro and micro
@@ -126,8 +126,57 @@ def multiclass_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> 
     }
 
 
-def compute(y: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None):
-    """Binary (two classes, with the threshold) or multi-class metrics."""
+def multilabel_metrics(
+    y: np.ndarray, probs: np.ndarray, classes: list[str], thresholds=None
+) -> dict:
+    """Multi-label: ``y`` (N, K) of 1, 0 or NaN (unknown: left out of that finding's metrics),
+    ``probs`` (N, K) sigmoid probabilities, ``thresholds`` one per finding (0.5 when None).
+
+    Per finding: AUROC, average precision and, at its threshold, sensitivity, specificity, PPV,
+    F1; ``macro``: the mean of the
+    findings' values where defined (a finding without positives or negatives has no AUROC and
+    is left out of the mean, as in torchxrayvision's and CheXNet's per-finding tables).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    t = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds, dtype=float)
+    per: dict[str, dict] = {}
+    for k, c in enumerate(classes):
+        known = ~np.isnan(y[:, k])
+        yk, pk = y[known, k].astype(int), probs[known, k]
+        pred = (pk >= t[k]).astype(int)
+        tp, tn, fp, fn = confusion_counts(yk, pred)
+        per[c] = {
+            "auroc": _safe(roc_auc_score, yk, pk),
+            "average_precision": (
+                _safe(average_precision_score, yk, pk) if yk.any() else float("nan")
+            ),
+            "sensitivity": _div(tp, tp + fn),
+            "specificity": _div(tn, tn + fp),
+            "ppv": _div(tp, tp + fp),
+            "f1": _div(2 * tp, 2 * tp + fp + fn),
+        }
+
+    def mean(key: str) -> float:
+        vals = [v[key] for v in per.values() if np.isfinite(v[key])]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    macro = {k: mean(k) for k in ("auroc", "average_precision", "sensitivity", "specificity",
+                                  "f1")}  # fmt: skip
+    return {"macro": macro, "per_finding": per}
+
+
+def compute(
+    y: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    threshold,
+    multilabel: bool = False,
+):
+    """Binary (two classes, with the threshold), multi-class or multi-label metrics
+    (``threshold``: one per finding)."""
+    if multilabel:
+        return multilabel_metrics(y, probs, classes, threshold)
     if len(classes) == 2:
         return binary_metrics(y, probs[:, 1], 0.5 if threshold is None else threshold)
     return multiclass_metrics(y, probs, classes)

@@ -144,3 +144,42 @@ def plot_per_class(per_class: dict, split: str, path: Path) -> Path:
     ax.set_yticks(range(len(classes)), classes)
     ax.set_title(f"Per-class metrics ({split})")
     return _save(fig, path)
+
+
+def plot_multilabel_roc_pr(y, probs, thresholds, classes, split: str, path: Path) -> Path:
+    """Multi-label: a grid, one panel pair (ROC, PR) per finding with its operating point;
+    unknown labels (NaN) left out, a finding with one class only marked undefined."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    k = len(classes)
+    cols = min(4, k)
+    rows = int(np.ceil(k / cols))
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(3.2 * cols, 5.6 * rows), squeeze=False)
+    for i, c in enumerate(classes):
+        roc_ax, pr_ax = axes[2 * (i // cols), i % cols], axes[2 * (i // cols) + 1, i % cols]
+        known = ~np.isnan(y[:, i])
+        yk, pk = y[known, i].astype(int), probs[known, i]
+        roc_ax.set_title(f"{c} ({int(yk.sum())}/{len(yk)})", fontsize=9)
+        if len(yk) == 0 or yk.min() == yk.max():
+            for ax in (roc_ax, pr_ax):
+                ax.text(0.5, 0.5, "undefined:\none class", ha="center", va="center")
+            continue
+        fpr, tpr, _ = roc_curve(yk, pk)
+        prec, rec, _ = precision_recall_curve(yk, pk)
+        roc_ax.plot(fpr, tpr)
+        roc_ax.plot([0, 1], [0, 1], ":", color="0.6")
+        pr_ax.plot(rec, prec)
+        pr_ax.axhline(yk.mean(), ls=":", color="0.6")
+        t = thresholds[i] if thresholds is not None else 0.5
+        pred = pk >= t
+        tp, fp = (pred & (yk == 1)).sum(), (pred & (yk == 0)).sum()
+        sens, fpr_t = tp / max(yk.sum(), 1), fp / max((yk == 0).sum(), 1)
+        roc_ax.plot([fpr_t], [sens], "o", color="tab:red")
+        pr_ax.plot([sens], [tp / max(tp + fp, 1)], "o", color="tab:red")
+        roc_ax.set_xlabel("1 - specificity", fontsize=8)
+        pr_ax.set_xlabel("recall", fontsize=8)
+    for j in range(k, rows * cols):
+        axes[2 * (j // cols), j % cols].axis("off")
+        axes[2 * (j // cols) + 1, j % cols].axis("off")
+    fig.suptitle(f"ROC (upper) and PR (lower) per finding, {split}; dot: the threshold")
+    return _save(fig, path)

@@ -53,7 +53,15 @@ def _with_ci(point: dict, ci: dict[str, tuple[float, float]], prefix: str = "") 
     return out
 
 
+def is_multilabel(predictions: pd.DataFrame) -> bool:
+    """A multi-label prediction table has a ``y_<finding>`` column per finding."""
+    return any(str(c).startswith("y_") for c in predictions.columns)
+
+
 def arrays(predictions: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    if is_multilabel(predictions):
+        y = predictions[[f"y_{c}" for c in classes]].to_numpy(dtype=np.float64)
+        return y, predictions[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
     index = {c: i for i, c in enumerate(classes)}
     y = predictions["label"].map(index).to_numpy()
     probs = predictions[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
@@ -74,6 +82,10 @@ def write_report(
     """Write the report; returns the content of metrics.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if is_multilabel(predictions):
+        return _write_multilabel_report(
+            predictions, classes, out, split, threshold, threshold_policy, n_boot, seed, context
+        )
     y, probs = arrays(predictions, classes)
     binary = len(classes) == 2
     t = (0.5 if threshold is None else float(threshold)) if binary else None
@@ -122,6 +134,54 @@ def write_report(
     else:
         plots.plot_roc_pr(y, probs, None, split, out / "roc_pr.png", classes=classes)
         plots.plot_per_class(point["per_class"], split, out / "per_class.png")
+    write_model_card(report, out / "model_card.md")
+    return report
+
+
+def _write_multilabel_report(
+    predictions, classes, out, split, thresholds, policy, n_boot, seed, context
+) -> dict:
+    """The multi-label report: per-finding AUROC, AP and thresholded metrics with patient
+    bootstrap CIs, their macro means, the per-finding thresholds, a ROC/PR grid."""
+    from cxrlab.evaluation.metrics import multilabel_metrics
+
+    y, probs = arrays(predictions, classes)
+    t = [0.5] * len(classes) if thresholds is None else [float(v) for v in thresholds]
+    point = multilabel_metrics(y, probs, classes, t)
+    ci = patient_bootstrap(
+        lambda rows: multilabel_metrics(y[rows], probs[rows], classes, t),
+        predictions["patient_id"].to_numpy(),
+        n_boot=n_boot,
+        seed=seed,
+    )
+    preds = predictions.copy()
+    preds["prediction"] = ["|".join(c for c, hit in zip(classes, row) if hit)
+                           for row in probs >= np.asarray(t)]  # fmt: skip
+    preds.to_csv(out / "predictions.csv", index=False)
+    chosen = "val" if policy and not str(policy).startswith("fixed") else "fixed"
+    report = {
+        "split": split,
+        "images": int(len(predictions)),
+        "patients": int(predictions["patient_id"].nunique()),
+        # images showing each finding, and images labelled for it (unknown labels left out)
+        "class_counts": {c: int(np.nansum(y[:, k])) for k, c in enumerate(classes)},
+        "labelled_counts": {c: int((~np.isnan(y[:, k])).sum()) for k, c in enumerate(classes)},
+        "classes": list(classes),
+        "task": "multilabel",
+        "threshold": {
+            "value": t,
+            "per_finding": dict(zip(classes, t)),
+            "policy": policy or "fixed=0.5",
+            "chosen_on": chosen,
+        },
+        "bootstrap": {"replicates": n_boot, "unit": "patient", "level": 0.95, "seed": seed},
+        "metrics": _with_ci(point, ci),
+        **(context or {}),
+    }
+    report = _clean(report)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    plots.plot_multilabel_roc_pr(y, probs, t, classes, split, out / "roc_pr.png")
+    plots.plot_per_class(point["per_finding"], split, out / "per_class.png")
     write_model_card(report, out / "model_card.md")
     return report
 
@@ -181,7 +241,14 @@ def write_model_card(report: dict, path: Path) -> None:
         lines.append("\nSplits are grouped by patient: no patient is in two splits.")
     th = report["threshold"]
     lines += ["", "## Decision threshold", ""]
-    if report["task"] == "binary":
+    if report["task"] == "multilabel":
+        lines.append(
+            f"One threshold per finding, policy `{th['policy']}`, chosen on the "
+            f"{th['chosen_on']} split: "
+            + ", ".join(f"{c} {v:.3f}" for c, v in th["per_finding"].items())
+            + f". Applied unchanged to the {report['split']} split."
+        )
+    elif report["task"] == "binary":
         lines.append(
             f"Policy `{th['policy']}`, chosen on the {th['chosen_on']} split: "
             f"predict {report['classes'][1]} when its probability is >= {th['value']:.4f}. "
@@ -200,7 +267,24 @@ def write_model_card(report: dict, path: Path) -> None:
         "| metric | value (95% CI) |",
         "| --- | --- |",
     ]
-    if report["task"] == "binary":
+    if report["task"] == "multilabel":
+        for k, v in m["macro"].items():
+            lines.append(f"| macro {k} | {_fmt(v)} |")
+        lines += [
+            "",
+            "| finding | images with it | AUROC | average precision | sensitivity | specificity |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for c, pc in m["per_finding"].items():
+            lines.append(
+                f"| {c} | {report['class_counts'].get(c, 0)} | "
+                + " | ".join(
+                    _fmt(pc[k])
+                    for k in ("auroc", "average_precision", "sensitivity", "specificity")
+                )  # fmt: skip
+                + " |"
+            )
+    elif report["task"] == "binary":
         for k, v in m.items():
             lines.append(f"| {k} | {_fmt(v)} |")
     else:
@@ -251,6 +335,10 @@ def predictions_frame(dm, results: dict) -> pd.DataFrame:
     rows = results["rows"].numpy()
     df = dm.manifest.iloc[rows][["path", "patient_id", "label"]].reset_index(drop=True)
     probs = results["probs"].numpy()
+    if getattr(dm, "multilabel", False):  # each finding's label: 1, 0 or blank (unknown)
+        labels = results["labels"].numpy()
+        for i, c in enumerate(dm.classes):
+            df[f"y_{c}"] = labels[:, i]
     for i, c in enumerate(dm.classes):
         df[f"prob_{c}"] = probs[:, i]
     return df

@@ -111,6 +111,26 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, policy: str | float) -> float
     return float(cand[int(np.argmax(score))])  # argmax takes the first (highest) on ties
 
 
+def choose_per_finding(y: np.ndarray, probs: np.ndarray, policy, findings) -> list[float]:
+    """Multi-label: each finding's threshold by ``policy`` on its labelled validation images;
+    0.5 (logged) for a finding whose validation images are all one class."""
+    import logging
+
+    out = []
+    for k, name in enumerate(findings):
+        known = ~np.isnan(y[:, k])
+        yk = y[known, k].astype(int)
+        if len(yk) and yk.min() != yk.max():
+            out.append(choose_threshold(yk, probs[known, k], policy))
+        else:
+            logging.getLogger(__name__).warning(
+                "Finding %s: the validation split has %s, so no threshold can be chosen by %s; "
+                "0.5 is used", name, "no labels" if not len(yk) else "one class only", policy,
+            )  # fmt: skip
+            out.append(0.5)
+    return out
+
+
 def choose_on_validation(
     trainer, model, dm, ckpt: str | None, ev, keep_predictions: bool = False
 ) -> None:
@@ -129,12 +149,19 @@ def choose_on_validation(
     policy = ev.get("threshold", "youden")
     settings = {"bootstrap": int(ev.get("bootstrap", 1000)), "seed": int(ev.get("seed", 0))}
     extra: dict = {"evaluation": settings}
-    if model.num_classes == 2 or keep_predictions:
+    multilabel = getattr(model, "multilabel", False)
+    if model.num_classes == 2 or multilabel or keep_predictions:
         # (validate reloads the checkpoint: what it restores is overwritten below, not before)
         with model.collecting_predictions():  # no second val/ point in the loggers
             trainer.validate(model, datamodule=dm, ckpt_path=ckpt, weights_only=False,
                              verbose=False)  # fmt: skip
-    if model.num_classes == 2:
+    if multilabel:
+        val = model.results["val"]
+        t = choose_per_finding(val["labels"].numpy(), val["probs"].numpy(), policy,
+                               model.class_names)  # fmt: skip
+        model.use_threshold(t, str(policy))
+        extra.update(threshold=t, threshold_policy=str(policy))
+    elif model.num_classes == 2:
         val = model.results["val"]
         t = choose_threshold(val["labels"].numpy(), val["probs"][:, 1].numpy(), policy)
         model.use_threshold(t, str(policy))

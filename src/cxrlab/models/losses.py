@@ -70,6 +70,16 @@ def _focal(counts, label_smoothing: float = 0.0, gamma: float = 2.0, alpha=None)
 LOSSES = {"ce": _ce, "weighted_ce": _weighted_ce, "focal": _focal}
 
 
+def _multilabel_only(counts, **_) -> nn.Module:
+    raise ConfigError(
+        "model.loss.name=bce / weighted_bce is for data.task=multilabel; use ce, weighted_ce or "
+        "focal"
+    )
+
+
+LOSSES.update(bce=_multilabel_only, weighted_bce=_multilabel_only)
+
+
 def check_loss(loss: Mapping) -> None:
     """The rules of ``model.loss.*`` (the class counts come later, with the data)."""
     check_choice(loss.get("name", "ce"), LOSSES, "model.loss.name")
@@ -131,3 +141,23 @@ class MaskedMultilabelLoss(nn.Module):
             loss = loss * (1 - p_t) ** self.gamma
         n = known.sum()
         return (loss * known).sum() / n.clamp_min(1)
+
+
+def build_multilabel_loss(
+    name: str,
+    positives: Sequence[int],
+    negatives: Sequence[int] | None,
+    gamma: float = 2.0,
+    **_,
+) -> nn.Module:
+    """data.task=multilabel: ``ce``/``bce`` sigmoid BCE, ``weighted_ce``/``weighted_bce`` with
+    per-finding positive weights from the training counts, ``focal`` sigmoid focal loss."""
+    check_choice(name, MULTILABEL_LOSSES, "model.loss.name")
+    if name in ("weighted_ce", "weighted_bce"):
+        if negatives is None:
+            raise ConfigError("model.loss.name=weighted_bce needs the training split's counts")
+        return MaskedMultilabelLoss(pos_weight=positive_weights(positives, negatives).tolist())
+    return MaskedMultilabelLoss(gamma=gamma if name == "focal" else 0.0)
+
+
+MULTILABEL_LOSSES = ("bce", "weighted_bce", "focal", "ce", "weighted_ce")

@@ -27,7 +27,7 @@ from cxrlab.models.finetune import (
     param_groups,
     resolve_blocks,
 )
-from cxrlab.models.losses import build_loss, check_loss
+from cxrlab.models.losses import build_loss, build_multilabel_loss, check_loss
 from cxrlab.models.weights import check_mode
 from cxrlab.utils.nested import as_settings
 
@@ -160,6 +160,8 @@ class CXRClassifier(pl.LightningModule):
         compile: bool = False,
         finetune: FinetuneConfig | Mapping | None = None,
         init_from: str | None = None,
+        multilabel: bool = False,
+        negative_counts: Sequence[int] | None = None,
     ):
         super().__init__()
         check_settings(
@@ -170,7 +172,9 @@ class CXRClassifier(pl.LightningModule):
         self.save_hyperparameters(logger=False)
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
-        if self.num_classes < 2:
+        # multi-label: one sigmoid output per finding (data.task=multilabel)
+        self.multilabel = bool(multilabel)
+        if self.num_classes < (1 if self.multilabel else 2):
             raise ValueError(f"need at least two classes, got {self.class_names}")
         self.net, self.input_spec, self.pretrained_weights = build_backbone(
             backbone, self.num_classes, dropout, pretrained, weights
@@ -186,7 +190,12 @@ class CXRClassifier(pl.LightningModule):
             # frozen before anything wraps the model (DDP syncs only what requires grad then)
             self.net.features.requires_grad_(False)
         loss = dict(loss or {"name": "ce"})
-        self.criterion = build_loss(loss.pop("name", "ce"), class_counts, **loss)
+        if self.multilabel:
+            self.criterion = build_multilabel_loss(
+                loss.pop("name", "bce"), class_counts, negative_counts, **loss
+            )
+        else:
+            self.criterion = build_loss(loss.pop("name", "ce"), class_counts, **loss)
         self.optimizer_cfg = dict(optimizer or {"name": "adam", "lr": 1e-3})
         self.scheduler_cfg = dict(scheduler or {"name": "none"})
         aug = as_settings(AugmentConfig, augment)
@@ -205,8 +214,10 @@ class CXRClassifier(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         # kept outside the module tree, so checkpoints hold one copy of the weights either way
         object.__setattr__(self, "_forward_net", torch.compile(self.net) if compile else self.net)
-        self.val_metrics = make_metrics(self.num_classes, "val")
-        self.test_metrics = make_metrics(self.num_classes, "test")
+        # multi-label metrics are computed per finding at the end of each epoch (scikit-learn,
+        # unknown labels left out); single-label ones accumulate in torchmetrics
+        self.val_metrics = None if self.multilabel else make_metrics(self.num_classes, "val")
+        self.test_metrics = None if self.multilabel else make_metrics(self.num_classes, "test")
         # decision threshold on the positive class (binary): chosen on validation, saved in
         # checkpoints, applied unchanged to test and by predictors
         self.threshold: float | None = None
@@ -259,12 +270,13 @@ class CXRClassifier(pl.LightningModule):
     def _eval_step(self, batch, stage: str, metrics: torchmetrics.MetricCollection):
         x, y, idx = batch
         logits = self(x)
-        probs = logits.float().softmax(1)
+        probs = logits.float().sigmoid() if self.multilabel else logits.float().softmax(1)
         if self.log_eval_metrics:
             loss = self.criterion(logits, y)
             self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(y))
-            _update(metrics, probs, y, self.num_classes)
-            self.log_dict(metrics, on_epoch=True)
+            if metrics is not None:
+                _update(metrics, probs, y, self.num_classes)
+                self.log_dict(metrics, on_epoch=True)
         self._outputs.append((probs.detach(), y.detach(), idx.detach()))
 
     def validation_step(self, batch, batch_idx):
@@ -279,8 +291,9 @@ class CXRClassifier(pl.LightningModule):
     def on_test_epoch_start(self):
         self._outputs = []
         # threshold-dependent test metrics use the threshold chosen on validation
-        t = 0.5 if self.threshold is None else self.threshold
-        self.test_metrics = make_metrics(self.num_classes, self.test_split, t).to(self.device)
+        if not self.multilabel:
+            t = 0.5 if self.threshold is None else self.threshold
+            self.test_metrics = make_metrics(self.num_classes, self.test_split, t).to(self.device)
 
     def _gather_outputs(self, stage: str) -> None:
         if not self._outputs:
@@ -300,15 +313,36 @@ class CXRClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self):
         self._gather_outputs("val")
+        self._log_multilabel("val")
 
     def on_test_epoch_end(self):
         self._gather_outputs(self.test_split)
+        self._log_multilabel(self.test_split)
+
+    def _log_multilabel(self, stage: str) -> None:
+        """Multi-label: each finding's AUROC and average precision and their macro means
+        (``<stage>/auroc``: what checkpoints monitor and sweeps optimize), from every rank's
+        gathered predictions, unknown labels left out."""
+        if not self.multilabel or not self.log_eval_metrics or stage not in self.results:
+            return
+        from cxrlab.evaluation.metrics import multilabel_metrics
+
+        r = self.results[stage]
+        m = multilabel_metrics(r["labels"].numpy(), r["probs"].numpy(), self.class_names,
+                               self.threshold)  # fmt: skip
+        values = {f"{stage}/{k}": v for k, v in m["macro"].items()}
+        for c, pc in m["per_finding"].items():
+            values[f"{stage}/auroc_{c}"] = pc["auroc"]
+            values[f"{stage}/average_precision_{c}"] = pc["average_precision"]
+        # NaN where undefined (a finding with one class in the split); every rank logs the same
+        self.log_dict({k: float(v) for k, v in values.items()}, sync_dist=False)
 
     # ------------------------------------------------------------------ evaluation settings
-    def use_threshold(self, value: float, policy: str) -> None:
-        """The binary decision threshold (chosen on validation) that testing, the checkpoint
-        and predictors apply."""
-        self.threshold, self.threshold_policy = float(value), str(policy)
+    def use_threshold(self, value, policy: str) -> None:
+        """The binary decision threshold (multi-label: one per finding), chosen on validation,
+        that testing, the checkpoint and predictors apply."""
+        value = [float(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
+        self.threshold, self.threshold_policy = value, str(policy)
 
     def use_evaluation_settings(self, settings: dict) -> None:
         """The report's bootstrap settings, kept in the checkpoint for eval.py."""

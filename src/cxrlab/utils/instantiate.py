@@ -31,7 +31,12 @@ def instantiate_model(model_cfg: DictConfig, dm, settings):
     """The run's CXRClassifier for a selected data module: its classes, the training split's
     class counts (weighted losses), the data's preprocessing (into the checkpoint), the run's
     augmentation and fine-tuning settings."""
+    extra = {}
+    if getattr(dm, "multilabel", False):  # per-finding positives and negatives of training
+        positives, negatives = dm.finding_counts("train")
+        extra = {"multilabel": True, "negative_counts": negatives}
     return _partial(model_cfg)(
+        **extra,
         class_names=dm.classes,
         class_counts=dm.class_counts("train"),
         preprocess=dm.preprocess,

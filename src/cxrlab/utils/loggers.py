@@ -362,11 +362,28 @@ def _plain(v):
 
 
 def _wandb_charts(results: dict, classes, threshold, split: str) -> dict:
+    import numpy as np
     import wandb
 
     from cxrlab.utils.tracking import predictions
 
     y, probs, pred = predictions(results, list(classes), threshold)
+    if np.ndim(y) == 2:  # multi-label: each finding's ROC and PR, its labelled images only
+        out = {}
+        for k, c in enumerate(classes):
+            known = ~np.isnan(y[:, k])
+            yk = y[known, k].astype(int)
+            if len(yk) == 0 or yk.min() == yk.max():
+                continue  # undefined with one class
+            two = np.stack([1 - probs[known, k], probs[known, k]], 1)
+            names = [f"not {c}", c]
+            out[f"{split}/pr_curve/{c}"] = wandb.plot.pr_curve(
+                yk.tolist(), two, labels=names, classes_to_plot=[1], title=f"{c}: PR ({split})"
+            )
+            out[f"{split}/roc_curve/{c}"] = wandb.plot.roc_curve(
+                yk.tolist(), two, labels=names, classes_to_plot=[1], title=f"{c}: ROC ({split})"
+            )
+        return out
     y, preds, names = y.tolist(), pred.tolist(), list(classes)
     return {
         f"{split}/confusion_matrix": wandb.plot.confusion_matrix(
@@ -386,22 +403,30 @@ def log_epoch_charts(loggers, results: dict, classes, epoch: int, global_step: i
     pictures under ``val/epoch_<e>/``."""
     import tempfile
 
+    import numpy as np
+
     from cxrlab.evaluation import plots
     from cxrlab.utils.tracking import predictions
 
     classes = list(classes)
     y, probs, pred = predictions(results, classes, None)
+    multi = np.ndim(y) == 2
     pictures: dict[str, Path] = {}
     tmp = None
     if any(logger_kind(lg) in ("tensorboard", "mlflow") for lg in loggers):
         tmp = tempfile.TemporaryDirectory()
         d = Path(tmp.name)
         split = f"val, epoch {epoch}"
-        pictures["confusion_matrix"] = plots.plot_confusion(y, pred, classes, split,
-                                                            d / "confusion_matrix.png")  # fmt: skip
-        score = probs[:, 1] if len(classes) == 2 else probs
-        pictures["roc_pr"] = plots.plot_roc_pr(y, score, None, split, d / "roc_pr.png",
-                                               classes=classes)  # fmt: skip
+        if multi:
+            pictures["roc_pr"] = plots.plot_multilabel_roc_pr(y, probs, None, classes, split,
+                                                              d / "roc_pr.png")  # fmt: skip
+        else:
+            pictures["confusion_matrix"] = plots.plot_confusion(
+                y, pred, classes, split, d / "confusion_matrix.png"
+            )
+            score = probs[:, 1] if len(classes) == 2 else probs
+            pictures["roc_pr"] = plots.plot_roc_pr(y, score, None, split, d / "roc_pr.png",
+                                                   classes=classes)  # fmt: skip
     try:
         for lg in loggers:
             kind = logger_kind(lg)
@@ -416,7 +441,12 @@ def log_epoch_charts(loggers, results: dict, classes, epoch: int, global_step: i
 
                 writer = lg.experiment
                 for i, c in enumerate(classes):
-                    writer.add_pr_curve(f"val/pr_curve/{c}", y == i, probs[:, i], global_step=epoch)
+                    if multi:
+                        known = ~np.isnan(y[:, i])
+                        labels, scores = y[known, i] == 1, probs[known, i]
+                    else:
+                        labels, scores = y == i, probs[:, i]
+                    writer.add_pr_curve(f"val/pr_curve/{c}", labels, scores, global_step=epoch)
                 for name, p in pictures.items():
                     writer.add_image(f"val/{name}", mpimg.imread(p)[..., :3], global_step=epoch,
                                      dataformats="HWC")  # fmt: skip

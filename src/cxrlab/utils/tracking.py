@@ -61,9 +61,14 @@ class TrackingSettings:
 
 def predictions(results: dict, classes: list[str], threshold: float | None) -> tuple:
     """(labels, probabilities, predicted class indices) of a stage's collected results; binary
-    predictions use ``threshold`` (0.5 before one is chosen), multi-class the argmax."""
+    predictions use ``threshold`` (0.5 before one is chosen), multi-class the argmax;
+    multi-label: labels (N, K) with NaN unknown, predictions (N, K) 0/1 at each finding's
+    threshold."""
     y = results["labels"].numpy()
     probs = results["probs"].numpy().astype(np.float64)
+    if y.ndim == 2:  # multi-label: (N, K) findings at each finding's threshold
+        t = np.full(len(classes), 0.5) if threshold is None else np.asarray(threshold, float)
+        return y, probs, (probs >= t).astype(int)
     if len(classes) == 2:
         pred = (probs[:, 1] >= (0.5 if threshold is None else threshold)).astype(int)
     else:
@@ -95,20 +100,30 @@ def prediction_table(dm, results: dict, classes, threshold, settings: TrackingSe
     return _frame(dm, rows[order], y[order], probs[order], pred[order], classes, settings)
 
 
+def _names(row, classes) -> str:
+    return "|".join(c for c, v in zip(classes, row) if v == 1)
+
+
 def _frame(dm, rows, y, probs, pred, classes, settings) -> pd.DataFrame:
     m = dm.manifest
+    multi = np.ndim(y) == 2
     df = pd.DataFrame(
         {
             "row": rows.astype(int),
             "path": m["path"].to_numpy()[rows],
             "patient_id": m["patient_id"].astype(str).to_numpy()[rows],
-            "label": [classes[i] for i in y],
+            "label": [_names(r, classes) for r in y] if multi else [classes[i] for i in y],
         }
     )
     for i, c in enumerate(classes):
         df[f"prob_{c}"] = probs[:, i]
-    df["prediction"] = [classes[i] for i in pred]
-    df["correct"] = df["label"] == df["prediction"]
+    if multi:
+        df["prediction"] = [_names(r, classes) for r in pred]
+        known = ~np.isnan(y)
+        df["correct"] = ((np.nan_to_num(y) == pred) | ~known).all(1)
+    else:
+        df["prediction"] = [classes[i] for i in pred]
+        df["correct"] = df["label"] == df["prediction"]
     images = dm.dataset("test").cache.images  # every split shares the one cache
     df["image"] = [thumbnail(np.asarray(images[r]), settings.thumbnail) for r in rows]
     return df
@@ -125,7 +140,18 @@ def worst_errors(dm, model, results: dict, classes, threshold, settings: Trackin
     y, probs, pred = predictions(results, classes, threshold)
     rows = results["rows"].numpy()
     picks: list[tuple[str, int]] = []
-    if len(classes) == 2:
+    target: list[int] = []
+    if np.ndim(y) == 2:  # multi-label: (image, finding) pairs, Grad-CAM of that finding
+        fn_i, fn_k = np.nonzero((y == 1) & (pred == 0))
+        fp_i, fp_k = np.nonzero((y == 0) & (pred == 1))
+        for kind, ii, kk, order in (
+            ("false negative", fn_i, fn_k, np.argsort(probs[fn_i, fn_k], kind="stable")),
+            ("false positive", fp_i, fp_k, np.argsort(-probs[fp_i, fp_k], kind="stable")),
+        ):
+            for j in order[: settings.worst]:
+                picks.append((f"{kind}: {classes[kk[j]]}", int(ii[j])))
+                target.append(int(kk[j]))
+    elif len(classes) == 2:
         fn = np.flatnonzero((y == 1) & (pred == 0))
         fp = np.flatnonzero((y == 0) & (pred == 1))
         picks += [("false negative", i) for i in fn[np.argsort(probs[fn, 1], kind="stable")]][
@@ -145,7 +171,8 @@ def worst_errors(dm, model, results: dict, classes, threshold, settings: Trackin
     at = np.array([i for _, i in picks])
     df = _frame(dm, rows[at], y[at], probs[at], pred[at], classes, settings)
     df.insert(0, "kind", [k for k, _ in picks])
-    target = [1 if len(classes) == 2 else int(pred[i]) for i in at]
+    if not target:
+        target = [1 if len(classes) == 2 else int(pred[i]) for i in at]
     df["gradcam_class"] = [classes[t] for t in target]
     df["gradcam"] = list(_gradcam_overlays(dm, model, rows[at], target, settings))
     return df
@@ -189,7 +216,7 @@ def metric_rows(report: dict) -> list[list]:
             if isinstance(v, dict) and "value" in v:
                 lo, hi = (v.get("ci95") or [None, None])[:2]
                 out.append([scope, k, v["value"], lo, hi])
-            elif k == "per_class":
+            elif k in ("per_class", "per_finding"):
                 for c, m in v.items():
                     walk(m, c)
             elif isinstance(v, dict):
