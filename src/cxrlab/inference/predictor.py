@@ -46,7 +46,10 @@ class Predictor:
         GradCAM(self.model, self.gradcam_layer, self.gradcam_method)
         self.classes: list[str] = list(model.class_names)
         self.spec = model.preprocess
-        self.threshold: float | None = model.threshold
+        self.threshold = model.threshold  # multi-label: one per finding
+        self.multilabel = bool(getattr(model, "multilabel", False))
+        # multi-label Grad-CAM: this finding's map (None: each image's most probable finding)
+        self.gradcam_finding: str | None = None
 
     @classmethod
     def from_checkpoint(
@@ -65,7 +68,8 @@ class Predictor:
         """Preprocessed uint8 squares (N, S, S) -> class probabilities (N, K)."""
         x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(self.device)
         logits = self.model(self.model.to_network_input(x))
-        return logits.float().softmax(1).cpu().numpy()
+        logits = logits.float()
+        return (logits.sigmoid() if self.multilabel else logits.softmax(1)).cpu().numpy()
 
     def gradcam(
         self,
@@ -84,6 +88,15 @@ class Predictor:
         idx = [self.classes.index(lab) for lab in labels]
         cam = GradCAM(self.model, layer or self.gradcam_layer, method or self.gradcam_method)
         return cam(self.model.to_network_input(x), idx)
+
+    def gradcam_targets(self, labels: list[str], probs: np.ndarray) -> list[str]:
+        """The class whose map each Grad-CAM shows: the predicted one; multi-label: the chosen
+        finding (``gradcam_finding``), else each image's most probable finding."""
+        if not self.multilabel:
+            return list(labels)
+        if self.gradcam_finding is not None:
+            return [self.gradcam_finding] * len(labels)
+        return [self.classes[int(i)] for i in probs.argmax(1)]
 
     def gradcam_overlays(self, images: np.ndarray, labels: list[str]) -> list[np.ndarray]:
         """RGB overlays of each image's Grad-CAM heatmap (predicted class), network size."""
@@ -104,13 +117,18 @@ class Predictor:
 
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
+        labels = self.gradcam_targets(labels, probs)
         heats = self.gradcam(images, labels)
         for name, img, heat, lab, pr in zip(names, images, heats, labels, probs):
             size = max(GRADCAM_SIZE, img.shape[0])
             big = cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
             heat = cv2.resize(heat.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
             rgb = overlay(big, heat)
-            if len(self.classes) == 2 and self.threshold is not None:
+            if self.multilabel:
+                k = self.classes.index(lab)
+                t = f", threshold {self.threshold[k]:.3f}" if self.threshold else ""
+                text = f"{lab}: p={float(pr[k]):.3f}{t}"
+            elif len(self.classes) == 2 and self.threshold is not None:
                 # the threshold is on the positive class's probability: show that one
                 pos = self.classes[1]
                 text = f"{lab}: p({pos})={float(pr[1]):.3f}, threshold {self.threshold:.3f}"
@@ -124,8 +142,16 @@ class Predictor:
             written.append(str(target))
         return written
 
+    def positive_findings(self, probs: np.ndarray) -> list[list[str]]:
+        """Multi-label: each image's findings whose probability reaches their threshold."""
+        t = np.asarray(self.threshold if self.threshold is not None else [0.5] * len(self.classes))
+        return [[c for c, hit in zip(self.classes, row) if hit] for row in probs >= t]
+
     def label(self, probs: np.ndarray) -> list[str]:
-        """Binary: positive when its probability reaches the stored threshold; else argmax."""
+        """Binary: positive when its probability reaches the stored threshold; multi-label:
+        the positive findings joined by ``|`` (empty: none); else argmax."""
+        if self.multilabel:
+            return ["|".join(f) for f in self.positive_findings(probs)]
         if len(self.classes) == 2 and self.threshold is not None:
             return [self.classes[int(p >= self.threshold)] for p in probs[:, 1]]
         return [self.classes[i] for i in probs.argmax(1)]
@@ -268,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gradcam", default=None, metavar="DIR", help="also write Grad-CAM overlays here"
     )
+    parser.add_argument(
+        "--gradcam-finding",
+        default=None,
+        help="multi-label models: the finding whose map to draw (default: each image's most "
+        "probable finding)",
+    )
     add_gradcam_options(parser)
     parser.epilog = (
         "Exit status: 0 when every file was predicted or some were (the others are listed "
@@ -282,6 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (UserError, FileNotFoundError) as e:
         parser.exit(EXIT_USER_ERROR, f"Error: {e}\n")
+    if args.gradcam_finding is not None:
+        if not predictor.multilabel or args.gradcam_finding not in predictor.classes:
+            parser.exit(
+                EXIT_USER_ERROR,
+                f"Error: --gradcam-finding {args.gradcam_finding!r}: "
+                + (f"use one of {predictor.classes}" if predictor.multilabel
+                   else "only for multi-label models; the map is of the predicted class")
+                + "\n",
+            )  # fmt: skip
+        predictor.gradcam_finding = args.gradcam_finding
     df = predictor.predict_files(inputs, args.batch_size, gradcam_dir=args.gradcam)
     out = Path(args.out)
     if out.suffix.lower() == ".json":

@@ -50,8 +50,11 @@ class Prediction(BaseModel):
     filename: str
     label: str
     probabilities: dict[str, float]
-    threshold: float | None
+    # binary: the positive class's threshold; multi-label: one per finding
+    threshold: float | list[float] | None
     positive_class: str | None
+    # multi-label: the findings whose probability reaches their threshold
+    findings: list[str] | None = None
     # ?gradcam=true: a PNG overlay of the predicted class's Grad-CAM heatmap, base64
     gradcam_png: str | None = None
 
@@ -63,7 +66,7 @@ class BatchPrediction(BaseModel):
 class Metadata(BaseModel):
     model: str
     classes: list[str]
-    threshold: float | None
+    threshold: float | list[float] | None
     threshold_policy: str | None
     input_spec: dict
     preprocess: dict
@@ -154,16 +157,19 @@ def create_app(
 
     def to_predictions(names: list[str], probs: np.ndarray) -> list[Prediction]:
         labels = predictor.label(probs)
-        binary = len(predictor.classes) == 2
+        multi = predictor.multilabel
+        binary = len(predictor.classes) == 2 and not multi
+        found = predictor.positive_findings(probs) if multi else [None] * len(labels)
         return [
             Prediction(
                 filename=n,
                 label=lab,
                 probabilities={c: float(v) for c, v in zip(predictor.classes, p)},
-                threshold=predictor.threshold if binary else None,
+                threshold=predictor.threshold if binary or multi else None,
                 positive_class=predictor.classes[1] if binary else None,
+                findings=f,
             )
-            for n, lab, p in zip(names, labels, probs)
+            for n, lab, p, f in zip(names, labels, probs, found)
         ]
 
     @app.exception_handler(Exception)
@@ -233,7 +239,9 @@ def create_app(
         )
         out = to_predictions([name], probs)[0]
         if gradcam:
-            out.gradcam_png = await run_in_threadpool(_gradcam, image, out.label)
+            # multi-label: the most probable finding's map (predictor.gradcam_targets)
+            (target,) = predictor.gradcam_targets([out.label], probs)
+            out.gradcam_png = await run_in_threadpool(_gradcam, image, target)
         return out
 
     @app.post("/predict_batch", response_model=BatchPrediction, responses=errors)
