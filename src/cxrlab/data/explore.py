@@ -54,13 +54,27 @@ def duplicate_files(paths: list[str]) -> list[list[str]]:
     return [sorted(g) for g in groups.values() if len(g) > 1]
 
 
+def _class_counts(df: pd.DataFrame, classes: list[str]) -> dict[str, int]:
+    """Images per class; multi-label: images showing each finding."""
+    if f"y_{classes[0]}" in df:
+        return {c: int((df[f"y_{c}"] == 1).sum()) for c in classes}
+    return {c: int((df["label"] == c).sum()) for c in classes}
+
+
+def co_occurrence(df: pd.DataFrame, classes: list[str]) -> dict[str, dict[str, int]]:
+    """Multi-label: images showing both findings (the diagonal: each finding's images)."""
+    y = (df[[f"y_{c}" for c in classes]].to_numpy(dtype=float) == 1).astype(np.int64)
+    both = y.T @ y
+    return {a: {b: int(both[i, j]) for j, b in enumerate(classes)} for i, a in enumerate(classes)}
+
+
 def _counts(df: pd.DataFrame, classes: list[str], column: str) -> dict:
     out = {}
     for split, part in df.groupby(column, sort=False):
         out[str(split)] = {
             "images": int(len(part)),
             "patients": int(part["patient_id"].nunique()),
-            "classes": {c: int((part["label"] == c).sum()) for c in classes},
+            "classes": _class_counts(part, classes),
         }
     return out
 
@@ -90,7 +104,7 @@ def summarize(dm: CXRDataModule, header_sample: int | None, progress: bool, seed
             "images": int(len(full)),
             "patients": int(full["patient_id"].nunique()),
             "studies": int(full["study_id"].nunique()) if "study_id" in full else None,
-            "classes": {c: int((full["label"] == c).sum()) for c in classes},
+            "classes": _class_counts(full, classes),
             "images_per_patient": {
                 "mean": round(float(per_patient.mean()), 2),
                 "median": float(per_patient.median()),
@@ -101,6 +115,12 @@ def summarize(dm: CXRDataModule, header_sample: int | None, progress: bool, seed
             },
         },
     }
+    if dm.task == "multilabel":
+        y = full[[f"y_{c}" for c in classes]].to_numpy(dtype=float)
+        summary["index"]["images_without_findings"] = int((np.nan_to_num(y) == 0).all(1).sum())
+        summary["index"]["unknown_labels"] = {c: int(np.isnan(y[:, k]).sum())
+                                              for k, c in enumerate(classes)}  # fmt: skip
+        summary["index"]["co_occurrence"] = co_occurrence(full, classes)
     if "subtype" in full and dm.task == "binary":
         summary["index"]["subtypes"] = {
             k: int(v) for k, v in full["subtype"].value_counts().items()
@@ -173,7 +193,7 @@ def samples(
 ) -> dict[str, list[str]]:
     out = {}
     for c in classes:
-        part = df[df["label"] == c]
+        part = df[df[f"y_{c}"] == 1] if f"y_{c}" in df else df[df["label"] == c]
         n = min(per_class, len(part))
         out[c] = part.sample(n, random_state=seed)["path"].tolist() if n else []
     return out
@@ -349,6 +369,18 @@ def markdown(summary: dict, pictures: list[Path]) -> str:
         "writes).",
         "",
     ]
+    if "co_occurrence" in idx:
+        cls = summary["classes"]
+        lines += [
+            "## Findings together (images showing both; the diagonal: each finding)",
+            "",
+            "| | " + " | ".join(cls) + " |",
+            "| --- " * (len(cls) + 1) + "|",
+        ]
+        lines += [f"| {a} | " + " | ".join(str(idx["co_occurrence"][a][b]) for b in cls) + " |"
+                  for a in cls]  # fmt: skip
+        lines += ["", f"Images without any finding: {idx['images_without_findings']}; "
+                  f"labels unknown per finding: {idx['unknown_labels']}.", ""]  # fmt: skip
     for p in pictures:
         lines.append(f"![{p.stem}]({p.name})")
     if u["files"]:

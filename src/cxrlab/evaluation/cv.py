@@ -34,8 +34,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cxrlab.evaluation.metrics import compute
-from cxrlab.evaluation.report import write_report
-from cxrlab.evaluation.thresholds import choose_threshold, parse_policy
+from cxrlab.evaluation.report import arrays, is_multilabel, write_report
+from cxrlab.evaluation.thresholds import choose_per_finding, choose_threshold, parse_policy
 from cxrlab.utils.nested import flatten
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,10 @@ def write_fold_predictions(out_dir: Path, dm, model) -> Path:
 
     df = predictions_frame(dm, model.results["val"])
     df.insert(3, "fold", dm.fold)
-    df["threshold"] = model.threshold if model.num_classes == 2 else np.nan
+    if getattr(model, "multilabel", False):  # one threshold per finding
+        for c, t in zip(dm.classes, model.threshold or [np.nan] * len(dm.classes)):
+            df[f"threshold_{c}"] = t
+    df["threshold"] = model.threshold if model.num_classes == 2 and not dm.multilabel else np.nan
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / OOF_FILE
     df.to_csv(path, index=False)
@@ -103,6 +106,17 @@ def _flat(metrics: dict, prefix: str) -> dict[str, float]:
     }
 
 
+def _fold_arrays(df: pd.DataFrame, classes: list[str]):
+    """(labels, probabilities, the fold's threshold(s), multi-label?) of a fold's predictions."""
+    multi = is_multilabel(df)
+    y, probs = arrays(df, classes)
+    if multi:
+        t = [float(df[f"threshold_{c}"].iloc[0]) for c in classes]
+    else:
+        t = float(df["threshold"].iloc[0]) if len(classes) == 2 else None
+    return y, probs, t, multi
+
+
 def _classes(df: pd.DataFrame) -> list[str]:
     return [c[len("prob_") :] for c in df.columns if c.startswith("prob_")]
 
@@ -140,13 +154,11 @@ def _summarize_group(key, runs: list[FoldRun], out: Path, n_boot, log_result) ->
         r = by_fold[fold]
         df = pd.read_csv(r.run_dir / OOF_FILE)
         classes = _classes(df)
-        index = {c: i for i, c in enumerate(classes)}
-        y = df["label"].map(index).to_numpy()
-        probs = df[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
-        t = float(df["threshold"].iloc[0]) if len(classes) == 2 else None
+        y, probs, t, multi = _fold_arrays(df, classes)
         row = {"fold": fold, "run_dir": str(r.run_dir), "val_images": len(df),
-               "val_patients": int(df["patient_id"].nunique()), "threshold": t}  # fmt: skip
-        row.update(_flat(compute(y, probs, classes, t), "val"))
+               "val_patients": int(df["patient_id"].nunique()),
+               "threshold": None if multi else t}  # fmt: skip
+        row.update(_flat(compute(y, probs, classes, t, multilabel=multi), "val"))
         test = r.run_dir / "test_metrics.json"
         if test.is_file():
             row.update({k: v for k, v in json.loads(test.read_text())["metrics"].items()
@@ -162,8 +174,17 @@ def _summarize_group(key, runs: list[FoldRun], out: Path, n_boot, log_result) ->
 
     oof = pd.concat(parts, ignore_index=True)
     classes = _classes(oof)
-    binary = len(classes) == 2
+    multi = is_multilabel(oof)
+    binary = len(classes) == 2 and not multi
     threshold, chosen = None, None
+    if multi:  # each finding's threshold by the runs' policy on the pooled predictions
+        name, _ = parse_policy(policy)
+        y, probs = arrays(oof, classes)
+        threshold = choose_per_finding(y, probs, policy, classes)
+        chosen = (
+            "fixed" if name == "fixed"
+            else "the out-of-fold predictions themselves (thresholded metrics are optimistic)"
+        )  # fmt: skip
     if binary:
         name, _ = parse_policy(policy)
         index = {c: i for i, c in enumerate(classes)}
@@ -187,16 +208,16 @@ def _summarize_group(key, runs: list[FoldRun], out: Path, n_boot, log_result) ->
         }
     }
     report = write_report(
-        oof.drop(columns=["threshold"]), classes, out / "oof", "oof", threshold,
-        str(policy) if binary else None, n_boot=n_boot, seed=seed, context=context,
+        oof.drop(columns=[c for c in oof.columns if c.startswith("threshold")]), classes,
+        out / "oof", "oof", threshold, str(policy) if binary or multi else None, n_boot=n_boot, seed=seed, context=context,
     )  # fmt: skip
-    if binary:
+    if binary or multi:
         report["threshold"]["chosen_on"] = chosen
         (out / "oof" / "metrics.json").write_text(json.dumps(report, indent=2))
     headline = {
         k: v
         for k, v in flatten(report["metrics"]).items()
-        if not k.startswith("per_class") and k.endswith(("value", "ci95"))
+        if not k.startswith(("per_class", "per_finding")) and k.endswith(("value", "ci95"))
     }
     summary = {
         "folds": folds,
@@ -217,8 +238,10 @@ def _summarize_group(key, runs: list[FoldRun], out: Path, n_boot, log_result) ->
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(_markdown(summary, table, metric_cols))
     if log_result:
-        main = "val/auroc" if "val/auroc" in mean else (metric_cols[0] if metric_cols else None)
-        oof_auroc = summary["oof"]["metrics"].get("auroc") or {}
+        main = next((k for k in ("val/auroc", "val/macro/auroc") if k in mean),
+                    metric_cols[0] if metric_cols else None)  # fmt: skip
+        ms = summary["oof"]["metrics"]
+        oof_auroc = ms.get("auroc") or ms.get("macro/auroc") or {}
         log.info(
             "Cross-validation, %d of %d folds%s: %s = %.4f +- %.4f over folds; out-of-fold "
             "AUROC %s: %s",
@@ -289,7 +312,10 @@ def _markdown(summary: dict, table: pd.DataFrame, cols: list[str]) -> str:
     ]
     lines += [f"| {k} | {_fmt_ci(v)} |" for k, v in oof["metrics"].items()]
     th = oof["threshold"]
-    if th.get("value") is not None:
+    if isinstance(th.get("value"), list):
+        values = ", ".join(f"{c} {v:.3f}" for c, v in th["per_finding"].items())
+        lines.append(f"\nThresholds: {values} ({th['policy']}, chosen on {th['chosen_on']}).")
+    elif th.get("value") is not None:
         lines.append(
             f"\nThreshold {th['value']:.4f} ({th['policy']}, chosen on {th['chosen_on']})."
         )
