@@ -123,3 +123,59 @@ def test_csv_multilabel_with_unknown_labels_masks_them_in_metrics(nih_root, tmp_
     _check_per_finding_auroc(report, preds)
     for c in classes:
         assert report["labelled_counts"][c] == int(preds[f"y_{c}"].notna().sum())
+
+
+@pytest.mark.slow
+def test_zero_shot_baseline_is_torchxrayvisions_own_output_per_finding(
+    nih_root, tmp_path, monkeypatch
+):
+    """eval.py zero_shot=true: no training, torchxrayvision's classifier rows for the
+    dataset's findings (weights made here, served from 127.0.0.1), thresholds chosen on
+    validation, the same report format; each probability is sigmoid of that finding's row."""
+    import torch
+    import torchxrayvision as xrv
+    from conftest import eval_here
+    from test_weights import XRV, Server
+
+    from cxrlab.data.preprocess import PreprocessSpec, load_preprocessed
+    from cxrlab.models import weights as W
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(W.OFFLINE_ENV, raising=False)
+    torch.manual_seed(0)
+    net = xrv.models.DenseNet(weights=None)  # random trunk, random rows: distinct outputs
+    for m in net.modules():  # BatchNorm statistics of xrv-range inputs, not saturated outputs
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    with torch.no_grad():
+        net.features(torch.rand(8, 1, 64, 64) * 2048 - 1024)
+    net.eval()
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save(net, served / W.xrv_source(XRV).path.name)
+    server = Server(served)
+    try:
+        monkeypatch.setenv(W.MIRROR_ENV, server.url)
+        eval_here(tmp_path, "zero_shot=true", "data=nih", f"data.source.root={nih_root}",
+                  "data.task=multilabel", f"data.source.findings=[{','.join(FINDINGS)}]",
+                  "data.preprocess.size=64", "data.num_workers=0", "evaluation.bootstrap=50",
+                  "accelerator=cpu")  # fmt: skip
+    finally:
+        server.stop()
+    report, preds = _recomputed(tmp_path / "eval" / "report")
+    assert report["checkpoint"] == f"zero-shot: torchxrayvision {XRV}"
+    assert report["pretrained"]["head_rows"] == {f.lower(): f for f in FINDINGS}
+    assert report["threshold"]["chosen_on"] == "val" and len(report["threshold"]["value"]) == 3
+    _check_per_finding_auroc(report, preds)
+    # the probability of each finding is torchxrayvision's classifier row for it
+    path = preds["path"].iloc[0]
+    img = load_preprocessed(path, PreprocessSpec(size=64))
+    x = torch.from_numpy(img).float()[None, None] / 255.0 * 2048 - 1024  # xrv's input range
+    with torch.no_grad():
+        f = torch.relu(net.features(x)).mean((2, 3))
+        logits = net.classifier(f)[0]
+    for name in FINDINGS:
+        j = xrv.datasets.default_pathologies.index(name)
+        want = torch.sigmoid(logits[j]).item()
+        assert 0.001 < want < 0.999  # not saturated: the comparison means something
+        assert preds[f"prob_{name.lower()}"].iloc[0] == pytest.approx(want, abs=1e-4)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cxrlab.errors import UserError
 from cxrlab.models import weights as W
 from cxrlab.models.backbones import build_backbone
 
@@ -185,3 +186,31 @@ def test_a_run_says_which_weights_it_started_from(home, server, monkeypatch, tmp
     hparams = (run / "csv" / "hparams.yaml").read_text()
     assert digest in hparams
     assert not pd.read_csv(run / "csv" / "metrics.csv").empty
+
+
+def test_the_head_starts_from_torchxrayvisions_rows_for_the_findings_it_knows(
+    home, server, monkeypatch
+):
+    """model.head=pretrained_findings: each of our findings that torchxrayvision's classifier
+    has (matched by name) starts from that row; the others get new rows."""
+    import torchxrayvision as xrv
+
+    net = xrv.models.DenseNet(weights=None)
+    with torch.no_grad():  # row j of the classifier: all j + 1, its bias -(j + 1)
+        for j in range(net.classifier.out_features):
+            net.classifier.weight[j].fill_(j + 1.0)
+            net.classifier.bias[j] = -(j + 1.0)
+    torch.save(net, server.folder / W.xrv_source(XRV).path.name)
+    monkeypatch.setenv(W.MIRROR_ENV, server.url)
+    classes = ["effusion", "no_such_finding", "pleural thickening"]
+    model, _, prov = build_backbone("densenet121_xrv", 3, pretrained="true",
+                                    class_names=classes, head="pretrained_findings")  # fmt: skip
+    paths = list(xrv.datasets.default_pathologies)
+    for i, name in ((0, "Effusion"), (2, "Pleural_Thickening")):
+        j = paths.index(name)
+        assert torch.all(model.head.weight[i] == j + 1.0) and model.head.bias[i] == -(j + 1.0)
+    assert model.head.weight[1].abs().max() < 1.0  # a new row, initialized as usual
+    assert prov["head_rows"] == {"effusion": "Effusion", "pleural thickening": "Pleural_Thickening"}
+    with pytest.raises(UserError, match="model.head=pretrained_findings takes torchxrayvision"):
+        build_backbone("resnet18", 3, pretrained="false", class_names=classes,
+                       head="pretrained_findings")  # fmt: skip

@@ -23,17 +23,55 @@ from cxrlab.utils.loggers import log_split, tracked
 log = logging.getLogger(__name__)
 
 
+def zero_shot_model(cfg: DictConfig, dm: CXRDataModule):
+    """torchxrayvision's pretrained DenseNet as it comes, its classifier rows for the
+    dataset's findings (``model.head=pretrained_findings``): no training at all. Every finding
+    must be one torchxrayvision knows. Thresholds per finding are chosen on the validation
+    split by ``evaluation.threshold``, as a trained model's are."""
+    from cxrlab.models.backbones import xrv_finding_rows
+    from cxrlab.models.module import CXRClassifier
+
+    if not dm.multilabel:
+        raise CheckpointError(
+            "zero_shot=true scores torchxrayvision's per-finding outputs: use data.task=multilabel"
+        )
+    import torchxrayvision as xrv
+
+    known = xrv.datasets.default_pathologies
+    rows = xrv_finding_rows(dm.classes, known)
+    unknown = [c for i, c in enumerate(dm.classes) if i not in rows]
+    if unknown:
+        raise CheckpointError(
+            f"zero_shot=true: torchxrayvision's model has no output for {unknown}; choose "
+            f"findings among {list(known)} (data.source.findings)"
+        )
+    return CXRClassifier(
+        backbone="densenet121_xrv", class_names=dm.classes, class_counts=dm.class_counts("train"),
+        preprocess=dm.preprocess, pretrained="true", weights=cfg.get("zero_shot_weights"),
+        multilabel=True, head="pretrained_findings",
+    )  # fmt: skip
+
+
 def evaluate(cfg: DictConfig) -> dict:
     ckpt_path = cfg.get("ckpt_path")
-    if not ckpt_path:
-        raise CheckpointError("ckpt_path is required: python eval.py ckpt_path=.../best.ckpt")
-    ckpt = read_checkpoint(ckpt_path)
-    model = load_model(ckpt_path)
-    if cfg.get("data") is not None:
+    zero_shot = bool(cfg.get("zero_shot"))
+    if zero_shot:
+        if cfg.get("data") is None:
+            raise CheckpointError("zero_shot=true evaluates on a dataset: give data=...")
         dm: CXRDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+        dm.select()
+        model = zero_shot_model(cfg, dm)
+        ckpt_path = f"zero-shot: torchxrayvision {cfg.get('zero_shot_weights')}"
+    elif not ckpt_path:
+        raise CheckpointError("ckpt_path is required: python eval.py ckpt_path=.../best.ckpt")
     else:
-        dm = CXRDataModule(**ckpt["datamodule_hyper_parameters"])
-    dm.select()
+        ckpt = read_checkpoint(ckpt_path)
+        model = load_model(ckpt_path)
+        if cfg.get("data") is not None:
+            dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+        else:
+            dm = CXRDataModule(**ckpt["datamodule_hyper_parameters"])
+        dm.select()
     if list(dm.classes) != list(model.class_names):
         raise CheckpointError(
             f"the dataset's classes {list(dm.classes)} differ from the checkpoint's "
@@ -54,6 +92,15 @@ def evaluate(cfg: DictConfig) -> dict:
     if split not in ("train", "val", "test"):
         raise CheckpointError(f"split={split!r}: use train, val or test")
     dm.setup()
+    if zero_shot:  # thresholds per finding on validation, as training chooses them
+        from cxrlab.evaluation.thresholds import choose_per_finding
+
+        policy = (cfg.get("evaluation") or {}).get("threshold") or "youden"
+        with model.collecting_predictions():
+            trainer.validate(model, dataloaders=dm.loader("val"), verbose=False)
+        val = model.results["val"]
+        model.use_threshold(choose_per_finding(val["labels"].numpy(), val["probs"].numpy(),
+                                               policy, model.class_names), str(policy))  # fmt: skip
     model.test_as(split)  # metrics logged as <split>/..., e.g. val/auroc for split=val
     for lg in loggers:  # what was evaluated: the checkpoint, its model and the split
         lg.log_hyperparams(

@@ -13,12 +13,13 @@ the weights' provenance with the network, so a run always says what it started f
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from cxrlab.errors import UserError, check_choice
+from cxrlab.errors import ConfigError, UserError, check_choice
 from cxrlab.models.weights import (  # noqa: F401  (WeightsUnavailableError: re-exported)
     WeightsSource,
     WeightsUnavailableError,
@@ -86,7 +87,29 @@ class Classifier(nn.Module):
 # builders
 
 
-def _densenet121_xrv(num_classes: int, dropout: float, pretrained, weights: str | None):
+HEADS = ("new", "pretrained_findings")
+
+
+def finding_key(name: str) -> str:
+    """A finding's name for matching, as torchxrayvision relabels datasets by name:
+    ``Pleural_Thickening``, ``pleural thickening`` and ``pleural_thickening`` are one."""
+    return re.sub(r"\W+", "_", str(name).strip()).strip("_").lower()
+
+
+def xrv_finding_rows(class_names, pathologies) -> dict[int, int]:
+    """{row of our head: row of torchxrayvision's classifier} for the findings both have."""
+    index = {finding_key(p): j for j, p in enumerate(pathologies) if p}
+    return {i: index[finding_key(c)] for i, c in enumerate(class_names) if finding_key(c) in index}
+
+
+def _densenet121_xrv(
+    num_classes: int,
+    dropout: float,
+    pretrained,
+    weights: str | None,
+    class_names=None,
+    head: str = "new",
+):
     import torchxrayvision as xrv
 
     source = weights_source("densenet121_xrv", weights)
@@ -98,10 +121,29 @@ def _densenet121_xrv(num_classes: int, dropout: float, pretrained, weights: str 
         net = xrv.models.DenseNet(weights=None)
     # Only the trunk is kept: xrv's forward would resize every input to 224 px and apply its
     # op thresholds to its own 18 outputs; cxrlab decides the resolution and the head.
-    head = Classifier(
+    model = Classifier(
         net.features, net.classifier.in_features, num_classes, dropout, final_relu=True
     )
-    return head, prov
+    if head == "pretrained_findings":
+        # the head starts from torchxrayvision's own classifier rows for the findings the
+        # dataset shares with it (matched by name), new rows for the rest
+        if path is None:
+            raise ConfigError(
+                "model.head=pretrained_findings starts the head from torchxrayvision's "
+                "classifier, so it needs its pretrained weights: model.pretrained=true "
+                f"(they could not be had: {prov.get('reason', 'not requested')})"
+            )
+        pathologies = list(getattr(net, "pathologies", None) or getattr(net, "targets", []))
+        rows = xrv_finding_rows(class_names or [], pathologies)
+        with torch.no_grad():
+            for i, j in rows.items():
+                model.head.weight[i] = net.classifier.weight[j]
+                model.head.bias[i] = net.classifier.bias[j]
+        prov = {**prov, "head_rows": {class_names[i]: pathologies[j] for i, j in rows.items()}}
+        new = [c for i, c in enumerate(class_names) if i not in rows]
+        log.info("Head rows from torchxrayvision's classifier: %s; new rows: %s",
+                 prov["head_rows"] or "none", new or "none")  # fmt: skip
+    return model, prov
 
 
 def _torchvision(arch: str):
@@ -224,9 +266,27 @@ def check_backbone(name: str) -> BackboneEntry:
 
 
 def build_backbone(
-    name: str, num_classes: int, dropout: float = 0.0, pretrained="auto", weights: str | None = None
+    name: str,
+    num_classes: int,
+    dropout: float = 0.0,
+    pretrained="auto",
+    weights: str | None = None,
+    class_names=None,
+    head: str = "new",
 ) -> tuple[Classifier, InputSpec, dict]:
-    """(network, its input spec, the provenance of its starting weights)."""
+    """(network, its input spec, the provenance of its starting weights). ``head``: ``new``,
+    or ``pretrained_findings`` (densenet121_xrv: rows of torchxrayvision's classifier for the
+    ``class_names`` it knows)."""
     entry = check_backbone(name)
-    net, prov = entry.build(num_classes, dropout, pretrained, weights)
+    check_choice(head, HEADS, "model.head")
+    if head != "new":
+        if name != "densenet121_xrv":
+            raise ConfigError(
+                f"model.head={head} takes torchxrayvision's classifier rows: use "
+                "model=densenet121_xrv (model.backbone=densenet121_xrv)"
+            )
+        net, prov = entry.build(num_classes, dropout, pretrained, weights,
+                                class_names=list(class_names or []), head=head)  # fmt: skip
+    else:
+        net, prov = entry.build(num_classes, dropout, pretrained, weights)
     return net, entry.input_spec, prov

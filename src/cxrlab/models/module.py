@@ -162,6 +162,7 @@ class CXRClassifier(pl.LightningModule):
         init_from: str | None = None,
         multilabel: bool = False,
         negative_counts: Sequence[int] | None = None,
+        head: str = "new",
     ):
         super().__init__()
         check_settings(
@@ -176,9 +177,15 @@ class CXRClassifier(pl.LightningModule):
         self.multilabel = bool(multilabel)
         if self.num_classes < (1 if self.multilabel else 2):
             raise ValueError(f"need at least two classes, got {self.class_names}")
+        if head != "new" and not self.multilabel:
+            raise ConfigError(
+                f"model.head={head}: torchxrayvision's rows are per-finding sigmoid outputs; "
+                "use it with data.task=multilabel"
+            )
         self.net, self.input_spec, self.pretrained_weights = build_backbone(
-            backbone, self.num_classes, dropout, pretrained, weights
-        )
+            backbone, self.num_classes, dropout, pretrained, weights,
+            class_names=self.class_names, head=head,
+        )  # fmt: skip
         self.hparams["input_spec"] = self.input_spec.to_dict()
         if init_from:
             load_backbone_weights(self.net, init_from, backbone)
