@@ -229,6 +229,28 @@ def tracking(r: dict) -> list[str]:
     ]
 
 
+def nih_selection(r: dict) -> list[str]:
+    """The whole NIH label file through selection (benchmarks/nih_selection.py)."""
+    med, ratio = r["median"], r["ratio_multilabel_over_binary"]
+    rows = [
+        f"| median of {r['repeats']} fresh processes | multi-label (14 findings) | binary "
+        "(Pneumonia vs rest) | multi-label / binary |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, label in (("labels_s", "parse the label file, s"),
+                       ("split_s", "patient-grouped split + leakage check, s"),
+                       ("peak_rss_mb", "peak RSS of the process, MB")):  # fmt: skip
+        rows.append(f"| {label} | {med['multilabel'][key]:.2f} | {med['binary'][key]:.2f} | "
+                    f"{ratio[key]:.2f} |")  # fmt: skip
+    rows.append(
+        "| worst finding's share of the test split, off its 20% by | "
+        f"{med['multilabel']['worst_test_share_error']:.4f} | "
+        f"{med['binary']['worst_test_share_error']:.4f} | |"
+    )
+    return [*rows, "", f"{r['file']}: {r['images']:,} images, {r['patients']:,} patients, "
+            f"ratios {r['ratios']}. {_stamp(r)}"]  # fmt: skip
+
+
 RENDER = {
     "data": data,
     "train": train,
@@ -237,6 +259,7 @@ RENDER = {
     "peers": peers,
     "container": container,
     "tracking": tracking,
+    "nih_selection": nih_selection,
 }
 
 

@@ -198,6 +198,12 @@ class CXRDataModule(pl.LightningDataModule):
                 f"~data.source.{unknown[0]}"
             )
         df, classes = src.index(task=self.task, **kwargs)
+        if self.multilabel and not any(str(c).startswith("y_") for c in df.columns):
+            raise SelectionError(
+                f"data.task=multilabel: {self.source_name} has one label per image; "
+                "multi-label findings come from data=nih or data=csv (a|b labels or one column "
+                "per finding)"
+            )
         # rows the source left out and why (label rows without files, lateral views, ...)
         self.dropped = dict(df.attrs.get("dropped", {}))
         if self.dropped:
