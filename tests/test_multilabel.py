@@ -9,6 +9,7 @@ from conftest import train_here
 from layouts import nih as nih_layout
 from sklearn.metrics import roc_auc_score
 
+from cxrlab.data.selection import SelectionError
 from cxrlab.data.sources import SourceError
 from cxrlab.data.sources import csv as csv_source
 
@@ -31,6 +32,22 @@ def test_csv_finding_columns_keep_unknown_and_uncertain_labels_out(tmp_path):
     (tmp_path / "bad.csv").write_text("path,Edema\na.png,2\n")
     with pytest.raises(SourceError, match=r"bad.csv, row 2: finding values must be 1, 0, -1"):
         csv_source.index(tmp_path / "bad.csv", task="multilabel", finding_columns=["Edema"])
+
+
+def test_multilabel_subset_serves_rare_findings_first():
+    from cxrlab.data.selection import finding_matrix, multilabel_balanced_subset
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    df = pd.DataFrame({"path": [f"{i}.png" for i in range(n)], "patient_id": range(n)})
+    df["y_common"] = (rng.random(n) < 0.5).astype(float)
+    df["y_rare"] = (rng.random(n) < 0.02).astype(float)  # about 40 images
+    sub = multilabel_balanced_subset(df, 300, ["common", "rare"], seed=0)
+    y = finding_matrix(sub, ["common", "rare"])
+    assert len(sub) == 300 and y[:, 1].sum() == df["y_rare"].sum()  # every rare image (< 100)
+    assert y[:, 0].sum() >= 100 and (y.sum(1) == 0).sum() >= 100  # its share, then none
+    with pytest.raises(SelectionError, match="larger than the data"):
+        multilabel_balanced_subset(df, 5000, ["common", "rare"], seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +112,26 @@ def test_nih_multilabel_trains_tests_predicts_and_serves(nih_root, tmp_path):
     want = [c for c in report["classes"] if body["probabilities"][c] >= report["threshold"][
         "per_finding"][c]]  # fmt: skip
     assert body["findings"] == want and body["gradcam_png"]
+    with open(path, "rb") as f:
+        r = client.post("/predict?gradcam=true&finding=effusion",
+                        files={"file": ("x.png", f, "image/png")})  # fmt: skip
+        assert r.status_code == 200 and r.json()["gradcam_png"] != body["gradcam_png"]
+        f.seek(0)
+        bad = client.post("/predict?gradcam=true&finding=nope", files={"file": ("x.png", f)})
+    assert bad.status_code == 422 and "use one of" in bad.text
+
+    # explore.py: images showing each finding per split, and findings together
+    from conftest import run_here
+
+    run_here("explore.py", tmp_path, "explore", ["data=nih", f"data.source.root={nih_root}",
+             "data.task=multilabel", f"data.source.findings=[{','.join(FINDINGS)}]",
+             "data.preprocess.size=32", "data.num_workers=0", "logger=[]"])  # fmt: skip
+    summary = json.loads((tmp_path / "explore" / "summary.json").read_text())
+    both = summary["index"]["co_occurrence"]
+    assert both["pneumonia"]["pneumonia"] == summary["index"]["classes"]["pneumonia"]
+    assert both["pneumonia"]["infiltration"] == both["infiltration"]["pneumonia"]
+    splits = summary["run_selection"]["splits"]
+    assert splits["test"]["classes"] == report["class_counts"]  # the same test split
 
 
 @pytest.mark.slow

@@ -113,21 +113,25 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, policy: str | float) -> float
 
 def choose_per_finding(y: np.ndarray, probs: np.ndarray, policy, findings) -> list[float]:
     """Multi-label: each finding's threshold by ``policy`` on its labelled validation images;
-    0.5 (logged) for a finding whose validation images are all one class."""
+    0.5 (logged once, naming them) for findings whose validation images are all one class."""
     import logging
 
-    out = []
+    out, fallback = [], []
     for k, name in enumerate(findings):
         known = ~np.isnan(y[:, k])
         yk = y[known, k].astype(int)
         if len(yk) and yk.min() != yk.max():
             out.append(choose_threshold(yk, probs[known, k], policy))
         else:
-            logging.getLogger(__name__).warning(
-                "Finding %s: the validation split has %s, so no threshold can be chosen by %s; "
-                "0.5 is used", name, "no labels" if not len(yk) else "one class only", policy,
-            )  # fmt: skip
+            fallback.append(name)
             out.append(0.5)
+    if fallback:
+        logging.getLogger(__name__).warning(
+            "Findings %s have one class only (or no labels) in the validation split: no "
+            "threshold can be chosen for them by %s, 0.5 is used; their AUROC is undefined "
+            "there (a larger validation split, or data.source.findings without them)",
+            fallback, policy,
+        )  # fmt: skip
     return out
 
 

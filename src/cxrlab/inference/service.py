@@ -218,10 +218,14 @@ def create_app(
 
     @app.post("/predict", response_model=Prediction, responses=errors)
     async def predict(
-        file: Annotated[UploadFile, File()], response: Response, gradcam: bool = False
+        file: Annotated[UploadFile, File()],
+        response: Response,
+        gradcam: bool = False,
+        finding: str | None = None,
     ) -> Prediction:
         """One PNG/JPEG/DICOM radiograph: per-class probabilities, label and threshold;
-        ``gradcam=true`` adds a Grad-CAM overlay PNG (base64) of the predicted class.
+        ``gradcam=true`` adds a Grad-CAM overlay PNG (base64) of the predicted class (a
+        multi-label model: of ``finding``, else the most probable finding).
         The ``Server-Timing`` header gives the decode and model milliseconds."""
         data, suffix = await read_bytes(file)
         name = file.filename or "upload"
@@ -237,10 +241,20 @@ def create_app(
         response.headers["Server-Timing"] = (
             f"decode;dur={decode_s * 1000:.1f}, model;dur={model_s * 1000:.1f}"
         )
+        if finding is not None and (not predictor.multilabel or finding not in predictor.classes):
+            raise HTTPException(
+                422,
+                f"finding={finding!r}: "
+                + (f"use one of {predictor.classes}" if predictor.multilabel
+                   else "only for multi-label models"),
+            )  # fmt: skip
         out = to_predictions([name], probs)[0]
         if gradcam:
-            # multi-label: the most probable finding's map (predictor.gradcam_targets)
-            (target,) = predictor.gradcam_targets([out.label], probs)
+            # multi-label: the chosen or the most probable finding's map
+            if finding is not None:
+                target = finding
+            else:
+                (target,) = predictor.gradcam_targets([out.label], probs)
             out.gradcam_png = await run_in_threadpool(_gradcam, image, target)
         return out
 
