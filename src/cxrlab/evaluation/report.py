@@ -68,6 +68,13 @@ def arrays(predictions: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, n
     return y, probs
 
 
+def _point_and_ci(metrics, predictions: pd.DataFrame, n_boot: int, seed: int):
+    """``metrics(rows)`` on every row, and its 95% patient-bootstrap intervals."""
+    point = metrics(np.arange(len(predictions)))
+    ci = patient_bootstrap(metrics, predictions["patient_id"].to_numpy(), n_boot=n_boot, seed=seed)
+    return point, ci
+
+
 def write_report(
     predictions: pd.DataFrame,
     classes: list[str],
@@ -89,13 +96,8 @@ def write_report(
     y, probs = arrays(predictions, classes)
     binary = len(classes) == 2
     t = (0.5 if threshold is None else float(threshold)) if binary else None
-    point = compute(y, probs, classes, t)
-    ci = patient_bootstrap(
-        lambda rows: compute(y[rows], probs[rows], classes, t),
-        predictions["patient_id"].to_numpy(),
-        n_boot=n_boot,
-        seed=seed,
-    )
+    point, ci = _point_and_ci(lambda r: compute(y[r], probs[r], classes, t), predictions,
+                              n_boot, seed)  # fmt: skip
     pred = (probs[:, 1] >= t).astype(int) if binary else probs.argmax(1)
     preds = predictions.copy()
     preds["prediction"] = [classes[i] for i in pred]
@@ -147,12 +149,8 @@ def _write_multilabel_report(
 
     y, probs = arrays(predictions, classes)
     t = [0.5] * len(classes) if thresholds is None else [float(v) for v in thresholds]
-    point = multilabel_metrics(y, probs, classes, t)
-    ci = patient_bootstrap(
-        lambda rows: multilabel_metrics(y[rows], probs[rows], classes, t),
-        predictions["patient_id"].to_numpy(),
-        n_boot=n_boot,
-        seed=seed,
+    point, ci = _point_and_ci(
+        lambda r: multilabel_metrics(y[r], probs[r], classes, t), predictions, n_boot, seed
     )
     preds = predictions.copy()
     preds["prediction"] = ["|".join(c for c, hit in zip(classes, row) if hit)
@@ -208,6 +206,15 @@ def _fmt(entry) -> str:
     if lo is None:
         return f"{v:.3f}"
     return f"{v:.3f} ({lo:.3f}-{hi:.3f})"
+
+
+def _per_row_table(head: list[str], lead: dict, metrics: dict, keys) -> list[str]:
+    """Markdown rows: a class's (or finding's) leading cells, then its metrics with CIs."""
+    lines = ["", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for c, cells in lead.items():
+        values = [str(v) for v in cells] + [_fmt(metrics[c][k]) for k in keys]
+        lines.append(f"| {c} | " + " | ".join(values) + " |")
+    return lines
 
 
 def write_model_card(report: dict, path: Path) -> None:
@@ -270,20 +277,12 @@ def write_model_card(report: dict, path: Path) -> None:
     if report["task"] == "multilabel":
         for k, v in m["macro"].items():
             lines.append(f"| macro {k} | {_fmt(v)} |")
-        lines += [
-            "",
-            "| finding | images with it | AUROC | average precision | sensitivity | specificity |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for c, pc in m["per_finding"].items():
-            lines.append(
-                f"| {c} | {report['class_counts'].get(c, 0)} | "
-                + " | ".join(
-                    _fmt(pc[k])
-                    for k in ("auroc", "average_precision", "sensitivity", "specificity")
-                )  # fmt: skip
-                + " |"
-            )
+        lines += _per_row_table(
+            ["finding", "images with it", "AUROC", "average precision", "sensitivity",
+             "specificity"],
+            {c: [report["class_counts"].get(c, 0)] for c in m["per_finding"]},
+            m["per_finding"], ("auroc", "average_precision", "sensitivity", "specificity"),
+        )  # fmt: skip
     elif report["task"] == "binary":
         for k, v in m.items():
             lines.append(f"| {k} | {_fmt(v)} |")
@@ -293,27 +292,13 @@ def write_model_card(report: dict, path: Path) -> None:
         for avg in ("macro", "micro"):
             for k, v in m[avg].items():
                 lines.append(f"| {avg} {k} | {_fmt(v)} |")
-        lines += [
-            "",
-            "| class | AUROC | sensitivity | specificity | PPV | FPR | FNR |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for c, pc in m["per_class"].items():
-            lines.append(
-                f"| {c} | "
-                + " | ".join(
-                    _fmt(pc[k])
-                    for k in (
-                        "auroc",
-                        "sensitivity",
-                        "specificity",
-                        "ppv",
-                        "false_positive_rate",
-                        "false_negative_rate",
-                    )
-                )
-                + " |"
-            )
+        lines += _per_row_table(
+            ["class", "AUROC", "sensitivity", "specificity", "PPV", "FPR", "FNR"],
+            {c: [] for c in m["per_class"]},
+            m["per_class"],
+            ("auroc", "sensitivity", "specificity", "ppv", "false_positive_rate",
+             "false_negative_rate"),
+        )  # fmt: skip
     lines += [
         "",
         "## Intended use and limits",
